@@ -1,0 +1,31 @@
+"""segzoo: a timm-style zoo of segmentation models on ViT foundation backbones."""
+
+from . import models  # noqa: F401  (registers every model)
+from ._factory import create_model
+from ._registry import (
+    PretrainedCfg,
+    UnknownModelError,
+    get_pretrained_cfg,
+    is_model,
+    list_models,
+    list_pretrained,
+    model_entrypoint,
+    register_model,
+)
+from .models import Segmenter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PretrainedCfg",
+    "Segmenter",
+    "UnknownModelError",
+    "__version__",
+    "create_model",
+    "get_pretrained_cfg",
+    "is_model",
+    "list_models",
+    "list_pretrained",
+    "model_entrypoint",
+    "register_model",
+]

@@ -1,0 +1,171 @@
+"""Model registry: names -> factory functions, plus their pretrained configs.
+
+Knows nothing about particular models (as in timm): model files register tiny
+factory functions with :func:`register_model` and their pretrained variants with
+:func:`register_pretrained_cfgs`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+__all__ = [
+    "PretrainedCfg",
+    "UnknownModelError",
+    "register_model",
+    "register_pretrained_cfgs",
+    "list_models",
+    "list_pretrained",
+    "is_model",
+    "model_entrypoint",
+    "get_pretrained_cfg",
+    "split_model_name_tag",
+]
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Where a model's pretrained (backbone) weights come from and how to feed it.
+
+    ``hf_hub_id``/``hf_hub_filename`` name a Hub file; ``None`` means the weights are
+    not on the Hub (or gated) and load through ``checkpoint_path`` only.
+    """
+
+    architecture: str
+    tag: str
+    hf_hub_id: str | None = None
+    hf_hub_filename: str | None = None
+    checkpoint_format: str = "timm"
+    source: str = ""
+    license: str = ""
+    gated: bool = False
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    patch_size: int = 16
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.architecture}.{self.tag}" if self.tag else self.architecture
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+
+class UnknownModelError(KeyError):
+    """An unregistered model name; the message lists the closest registered names."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+_model_entrypoints: dict[str, Callable[..., Any]] = {}
+_model_modules: dict[str, str] = {}
+_pretrained_cfgs: dict[str, dict[str, PretrainedCfg]] = {}  # arch -> tag -> cfg (first tag is default)
+
+
+def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: register ``fn`` under its function name."""
+    name = fn.__name__
+    if name in _model_entrypoints:
+        raise ValueError(f"model {name!r} is registered twice (second time in {fn.__module__})")
+    _model_entrypoints[name] = fn
+    _model_modules[name] = fn.__module__.split(".")[-1]
+    module = sys.modules[fn.__module__]
+    if hasattr(module, "__all__") and name not in module.__all__:
+        module.__all__.append(name)
+    return fn
+
+
+def register_pretrained_cfgs(cfgs: Iterable[PretrainedCfg]) -> None:
+    """Register pretrained variants; the first tag registered for an architecture is its default."""
+    for cfg in cfgs:
+        _pretrained_cfgs.setdefault(cfg.architecture, {})[cfg.tag] = cfg
+
+
+def split_model_name_tag(name: str) -> tuple[str, str]:
+    """``"segformer_dinov3_large.lvd1689m"`` -> ``("segformer_dinov3_large", "lvd1689m")``."""
+    arch, _, tag = name.partition(".")
+    return arch, tag
+
+
+def list_models(
+    filter: str | Iterable[str] = "",
+    pretrained: bool = False,
+    exclude_filters: str | Iterable[str] = "",
+    module: str = "",
+) -> list[str]:
+    """Registered model names matching shell-style wildcards, sorted.
+
+    With ``pretrained=True`` the result lists one ``name.tag`` per pretrained variant
+    (as :func:`timm.list_models` does), only for models that have one.
+    """
+    if pretrained:
+        names = [cfg.name for arch in _model_entrypoints for cfg in _pretrained_cfgs.get(arch, {}).values()]
+    else:
+        names = list(_model_entrypoints)
+    if module:
+        names = [n for n in names if _model_modules[split_model_name_tag(n)[0]] == module]
+    includes = [filter] if isinstance(filter, str) else list(filter)
+    includes = [f for f in includes if f]
+    if includes:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, f) for f in includes)]
+    excludes = [exclude_filters] if isinstance(exclude_filters, str) else list(exclude_filters)
+    for f in excludes:
+        if f:
+            names = [n for n in names if not fnmatch.fnmatchcase(n, f)]
+    return sorted(set(names))
+
+
+def list_pretrained(filter: str | Iterable[str] = "") -> list[str]:
+    """``name.tag`` for every pretrained variant matching ``filter``."""
+    return list_models(filter, pretrained=True)
+
+
+def is_model(name: str) -> bool:
+    """True if ``name`` (with or without a pretrained tag) is registered."""
+    arch, tag = split_model_name_tag(name)
+    return arch in _model_entrypoints and (not tag or tag in _pretrained_cfgs.get(arch, {}))
+
+
+def model_entrypoint(name: str) -> Callable[..., Any]:
+    """The factory function of a registered model; unknown names raise :class:`UnknownModelError`."""
+    arch, _ = split_model_name_tag(name)
+    if arch not in _model_entrypoints:
+        raise UnknownModelError(_unknown_message(arch, list(_model_entrypoints), "model"))
+    return _model_entrypoints[arch]
+
+
+def get_pretrained_cfg(name: str, allow_missing: bool = False) -> PretrainedCfg | None:
+    """Pretrained config of ``name`` or ``name.tag``; without a tag, the model's default one."""
+    arch, tag = split_model_name_tag(name)
+    model_entrypoint(arch)  # unknown model -> close-match error
+    cfgs = _pretrained_cfgs.get(arch, {})
+    if not cfgs:
+        if allow_missing:
+            return None
+        raise ValueError(f"model {arch!r} has no pretrained weights registered; use checkpoint_path=...")
+    if not tag:
+        return next(iter(cfgs.values()))
+    if tag not in cfgs:
+        raise UnknownModelError(
+            _unknown_message(tag, list(cfgs), f"pretrained tag for {arch!r}", full=[c.name for c in cfgs.values()])
+        )
+    return cfgs[tag]
+
+
+def _unknown_message(name: str, candidates: list[str], what: str, full: list[str] | None = None) -> str:
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.4)
+    if not close:  # fall back to shared tokens, e.g. "segformer_dino_large"
+        tokens = set(name.lower().replace(".", "_").split("_"))
+        close = sorted(candidates, key=lambda c: -len(tokens & set(c.split("_"))))[:5]
+    hint = ", ".join(close)
+    available = f" Available: {', '.join(full)}." if full else " See segzoo.list_models()."
+    return f"Unknown {what} {name!r}. Closest registered: {hint}.{available}"

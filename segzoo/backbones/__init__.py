@@ -1,0 +1,14 @@
+"""ViT foundation backbones over timm models, one spec per family."""
+
+from .specs import BACKBONES, BackboneSpec, WeightsSource, default_feature_indices, get_backbone_spec
+from .vit import ViTBackbone, create_vit_backbone
+
+__all__ = [
+    "BACKBONES",
+    "BackboneSpec",
+    "WeightsSource",
+    "ViTBackbone",
+    "create_vit_backbone",
+    "default_feature_indices",
+    "get_backbone_spec",
+]

@@ -1,0 +1,164 @@
+"""Backbone families as data: which timm architecture, patch size, normalisation,
+feature layers, and where each family's weights come from.
+
+Adding a family or size is adding a :class:`BackboneSpec` here; the model files
+register a decoder on every spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import timm
+
+__all__ = ["BackboneSpec", "WeightsSource", "BACKBONES", "get_backbone_spec", "default_feature_indices"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """One published set of backbone weights (a pretrained tag).
+
+    ``timm_tag`` set: timm hosts an ungated copy on the Hub and timm's own pretrained
+    config supplies hub id, mean and std. Otherwise ``hf_hub_id`` (may be gated) and/or
+    ``url`` say where users get the original file, which loads via ``checkpoint_path``.
+    """
+
+    tag: str
+    timm_tag: str | None = None
+    hf_hub_id: str | None = None
+    hf_hub_filename: str | None = None
+    url: str = ""
+    checkpoint_format: str = "timm"
+    gated: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    family: str
+    size: str
+    timm_arch: str
+    patch_size: int
+    depth: int
+    license: str
+    source: str
+    weights: tuple[WeightsSource, ...] = ()
+    timm_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.family}_{self.size}"
+
+    @property
+    def feature_indices(self) -> list[int]:
+        return default_feature_indices(self.depth)
+
+    def normalization(self, source: WeightsSource | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) the weights were trained with; timm's config is the authority where it has one."""
+        source = source or (self.weights[0] if self.weights else None)
+        if source is not None and source.timm_tag:
+            cfg = timm.models.get_pretrained_cfg(f"{self.timm_arch}.{source.timm_tag}")
+            return tuple(cfg.mean), tuple(cfg.std)
+        if source is not None and source.mean is not None:
+            return source.mean, source.std
+        return IMAGENET_MEAN, IMAGENET_STD
+
+
+def default_feature_indices(depth: int) -> list[int]:
+    """Four evenly spaced block indices ending at the last block.
+
+    Gives [2, 5, 8, 11] for 12 blocks and [5, 11, 17, 23] for 24 (the seed plan's
+    choices), [9, 19, 29, 39] for 40. Shallow test models repeat indices (depth 2 ->
+    [0, 0, 0, 1]); the backbone computes each block once.
+    """
+    if depth < 1:
+        raise ValueError(f"backbone depth must be >= 1, got {depth}")
+    return [max(0, depth * (i + 1) // 4 - 1) for i in range(4)]
+
+
+_DINOV3_SOURCE = "Meta AI DINOv3 (https://github.com/facebookresearch/dinov3); ungated copies on the Hub by timm"
+_DINOV2_SOURCE = "Meta AI DINOv2 (https://github.com/facebookresearch/dinov2); copies on the Hub by timm"
+_RETFOUND_SOURCE = "RETFound (Zhou et al., Nature 2023; https://github.com/rmaphoh/RETFound_MAE)"
+_VISIONFM_SOURCE = "VisionFM (Qiu et al., NEJM AI 2024; https://github.com/ABILab-CUHK/VisionFM)"
+
+
+def _dinov3(size: str, depth: int) -> BackboneSpec:
+    weights = [WeightsSource("lvd1689m", timm_tag="lvd1689m")]
+    if size == "large":  # the satellite-imagery weights exist for ViT-L only
+        weights.append(WeightsSource("sat493m", timm_tag="sat493m"))
+    return BackboneSpec(
+        "dinov3", size, f"vit_{size}_patch16_dinov3", 16, depth, "dinov3-license", _DINOV3_SOURCE, tuple(weights)
+    )
+
+
+def _dinov2(size: str, depth: int, registers: bool) -> BackboneSpec:
+    family = "dinov2_reg4" if registers else "dinov2"
+    arch = f"vit_{size}_patch14_reg4_dinov2" if registers else f"vit_{size}_patch14_dinov2"
+    return BackboneSpec(
+        family, size, arch, 14, depth, "apache-2.0", _DINOV2_SOURCE, (WeightsSource("lvd142m", timm_tag="lvd142m"),)
+    )
+
+
+def _retfound_file(tag: str, repo: str, fmt: str, notes: str) -> WeightsSource:
+    return WeightsSource(
+        tag,
+        hf_hub_id=f"YukunZhou/{repo}",
+        hf_hub_filename=f"{repo}.pth",
+        checkpoint_format=fmt,
+        gated=True,
+        notes=notes,
+    )
+
+
+_BACKBONE_LIST = [
+    _dinov3("small", 12),
+    _dinov3("base", 12),
+    _dinov3("large", 24),
+    *[_dinov2(size, depth, registers) for registers in (False, True)
+      for size, depth in (("small", 12), ("base", 12), ("large", 24), ("giant", 40))],
+    BackboneSpec(
+        "retfound", "large", "vit_large_patch16_224", 16, 24, "cc-by-nc-4.0", _RETFOUND_SOURCE,
+        (
+            _retfound_file("cfp", "RETFound_mae_natureCFP", "retfound_mae", "MAE, colour fundus photographs"),
+            _retfound_file("oct", "RETFound_mae_natureOCT", "retfound_mae", "MAE, OCT B-scans"),
+            _retfound_file("meh", "RETFound_mae_meh", "retfound_mae", "MAE, Moorfields fundus"),
+        ),
+    ),
+    BackboneSpec(
+        "retfound_dinov2", "large", "vit_large_patch14_dinov2", 14, 24, "cc-by-nc-4.0", _RETFOUND_SOURCE,
+        (
+            _retfound_file("meh", "RETFound_dinov2_meh", "retfound_dinov2", "DINOv2, Moorfields fundus"),
+            _retfound_file("shanghai", "RETFound_dinov2_shanghai", "retfound_dinov2", "DINOv2, Shanghai fundus"),
+        ),
+        # RETFound's DINOv2 weights were trained at 224 px: a 16x16 position grid
+        timm_kwargs={"img_size": 224},
+    ),
+    BackboneSpec(
+        "visionfm", "base", "vit_base_patch16_224", 16, 12,
+        "see https://github.com/ABILab-CUHK/VisionFM (research use)", _VISIONFM_SOURCE,
+        tuple(
+            WeightsSource(tag, url="https://github.com/ABILab-CUHK/VisionFM#pretrained-weights",
+                          checkpoint_format="visionfm", notes=f"VisionFM {modality} encoder ({{'teacher': ...}} file)")
+            for tag, modality in (("fundus", "fundus"), ("oct", "OCT"), ("ffa", "FFA"), ("slitlamp", "slit lamp"),
+                                  ("external", "external eye"), ("ubm", "UBM"), ("ultrasound", "ultrasound"),
+                                  ("mri", "MRI"))
+        ),
+    ),
+]
+
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _BACKBONE_LIST}
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """Spec of ``"{family}_{size}"``, e.g. ``"dinov3_large"``."""
+    if name not in BACKBONES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(BACKBONES), n=5, cutoff=0.3)
+        raise KeyError(f"Unknown backbone {name!r}. Closest: {', '.join(close)}. All: {', '.join(BACKBONES)}")
+    return BACKBONES[name]

@@ -1,0 +1,120 @@
+"""Shared builder: backbone spec + neck + a head factory -> Segmenter.
+
+Knows nothing about particular decoders; each decoder's model file passes its head
+factory and registers its names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from .._registry import PretrainedCfg, get_pretrained_cfg
+from ..backbones import BackboneSpec, create_vit_backbone, get_backbone_spec
+from ..necks import create_neck
+from .segmenter import Segmenter
+
+__all__ = ["build_segmenter", "pretrained_cfgs_for"]
+
+HeadFactory = Callable[..., nn.Module]  # (in_channels, num_classes, **head_kwargs) -> module
+
+
+def build_segmenter(
+    variant: str,
+    backbone: str,
+    head_factory: HeadFactory,
+    pretrained: bool = False,
+    pretrained_tag: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    neck: str = "pyramid",
+    feature_indices: Sequence[int] | None = None,
+    drop_path_rate: float = 0.0,
+    backbone_kwargs: dict[str, Any] | None = None,
+    freeze_backbone: bool = False,
+    grad_checkpointing: bool = False,
+    **head_kwargs: Any,
+) -> Segmenter:
+    """Build ``variant`` = ``head_factory`` on the ``backbone`` family/size.
+
+    Common keyword arguments of every zoo model: ``num_classes``, ``in_chans``,
+    ``neck`` ("pyramid" | "none"), ``feature_indices``, ``drop_path_rate``,
+    ``backbone_kwargs`` (passed to timm, e.g. tiny test sizes), ``freeze_backbone``,
+    ``grad_checkpointing``. Everything else goes to the head.
+    """
+    _check_positive_int("num_classes", num_classes, "the number of classes, background included")
+    _check_positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
+    spec = get_backbone_spec(backbone)
+    tag_cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant, allow_missing=True)
+    vit = create_vit_backbone(
+        spec,
+        pretrained=pretrained,
+        pretrained_tag=tag_cfg.tag if tag_cfg else None,
+        in_chans=in_chans,
+        feature_indices=feature_indices,
+        drop_path_rate=drop_path_rate,
+        backbone_kwargs=backbone_kwargs,
+    )
+    neck_module = create_neck(neck, vit.out_channels)
+    head = head_factory(neck_module.out_channels, num_classes, **head_kwargs)
+    model = Segmenter(vit, neck_module, head, num_classes, pretrained_cfg=_model_pretrained_cfg(spec, tag_cfg, vit))
+    if freeze_backbone:
+        model.freeze_backbone()
+    if grad_checkpointing:
+        model.set_grad_checkpointing()
+    return model
+
+
+def pretrained_cfgs_for(variant: str, spec: BackboneSpec) -> list[PretrainedCfg]:
+    """One pretrained config per published weight set of the backbone (first = default)."""
+    cfgs = []
+    for source in spec.weights:
+        mean, std = spec.normalization(source)
+        hub_id = source.hf_hub_id or (f"timm/{spec.timm_arch}.{source.timm_tag}" if source.timm_tag else None)
+        cfgs.append(
+            PretrainedCfg(
+                architecture=variant,
+                tag=source.tag,
+                hf_hub_id=hub_id,
+                hf_hub_filename=source.hf_hub_filename,
+                checkpoint_format=source.checkpoint_format,
+                source=source.url or spec.source,
+                license=spec.license,
+                gated=source.gated,
+                mean=mean,
+                std=std,
+                patch_size=spec.patch_size,
+                notes=source.notes,
+                extra={"backbone": spec.name, "timm_arch": spec.timm_arch, "timm_tag": source.timm_tag},
+            )
+        )
+    return cfgs
+
+
+def _model_pretrained_cfg(spec: BackboneSpec, tag_cfg: PretrainedCfg | None, vit: nn.Module) -> dict[str, Any]:
+    if tag_cfg is not None:
+        cfg = tag_cfg.to_dict()
+        cfg.update(cfg.pop("extra"))
+    else:
+        mean, std = spec.normalization()
+        cfg = {"mean": list(mean), "std": list(std), "license": spec.license, "source": spec.source}
+    cfg.update(
+        backbone=spec.name,
+        timm_arch=spec.timm_arch,
+        patch_size=vit.patch_size,
+        feature_indices=list(vit.feature_indices),
+        in_chans=vit.in_chans,
+    )
+    if vit.in_chans != len(cfg["mean"]):
+        # timm's adapt_input_conv sums/averages the RGB filters; normalise every channel alike
+        cfg["mean"] = [sum(cfg["mean"]) / len(cfg["mean"])] * vit.in_chans
+        cfg["std"] = [sum(cfg["std"]) / len(cfg["std"])] * vit.in_chans
+    return cfg
+
+
+def _check_positive_int(name: str, value: Any, meaning: str) -> None:
+    if value is None:
+        raise ValueError(f"{name} is required: pass {name}=K ({meaning})")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1 ({meaning}), got {value!r}")

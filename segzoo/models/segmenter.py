@@ -1,0 +1,139 @@
+"""Segmenter: backbone -> neck -> head -> logits at the input size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Segmenter"]
+
+
+class Segmenter(nn.Module):
+    """A semantic-segmentation model: ``(B, in_chans, H, W)`` float -> ``(B, num_classes, H, W)`` logits.
+
+    Works for any ``H, W >= patch_size``: the input is zero-padded on the bottom/right
+    to a multiple of the patch size, the ViT interpolates its position embeddings
+    (or uses RoPE), and the logits are upsampled and cropped back to ``H x W``.
+
+    Args:
+        backbone: a :class:`~segzoo.backbones.ViTBackbone` (anything with ``patch_size``,
+            ``in_chans``, ``out_channels`` and ``forward(x) -> list of maps``).
+        neck: maps the backbone's list of maps to the head's list of maps.
+        decode_head: list of maps -> logits at the first map's resolution.
+        num_classes: number of output channels (classes, background included).
+        pretrained_cfg: mean/std/patch size/licence/source of the backbone weights.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: nn.Module,
+        decode_head: nn.Module,
+        num_classes: int,
+        pretrained_cfg: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.decode_head = decode_head
+        self.num_classes = int(num_classes)
+        self.in_chans = int(backbone.in_chans)
+        self.patch_size = int(backbone.patch_size)
+        self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
+        # set by segzoo.create_model: what save_pretrained writes to config.json to rebuild
+        self.model_name: str | None = None
+        self.model_kwargs: dict[str, Any] = {}
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:  # timm's older name
+        return self.pretrained_cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        height, width = x.shape[-2:]
+        x = self._pad_to_patch_multiple(x)
+        features = self.backbone(x)
+        features = self.neck(features)
+        logits = self.decode_head(features)
+        if logits.shape[-2:] != x.shape[-2:]:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :height, :width]
+
+    # -- fine-tuning switches ------------------------------------------------------------
+
+    def freeze_backbone(self, freeze: bool = True) -> None:
+        """Stop (or restart) gradient updates of every backbone parameter."""
+        for param in self.backbone.parameters():
+            param.requires_grad = not freeze
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute backbone activations in the backward pass (timm's switch): less memory, more time."""
+        self.backbone.set_grad_checkpointing(enable)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def count_parameters(self) -> dict[str, tuple[int, int]]:
+        """``{"backbone" | "neck" | "decode_head" | "total": (trainable, total)}``."""
+        parts = {"backbone": self.backbone, "neck": self.neck, "decode_head": self.decode_head}
+        counts = {name: _count(module) for name, module in parts.items()}
+        counts["total"] = _count(self)
+        return counts
+
+    def print_trainable_parameters(self, detailed: bool = False) -> None:
+        """One line of totals (as peft prints it); ``detailed`` adds backbone / neck / decode_head."""
+        counts = self.count_parameters()
+        trainable, total = counts["total"]
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {_percent(trainable, total):.2f}%")
+        if detailed:
+            print("-" * 64)
+            for name in ("backbone", "neck", "decode_head"):
+                part_trainable, part_total = counts[name]
+                print(
+                    f"  {name + ':':<13}{part_trainable:>14,} / {part_total:>14,} "
+                    f"({_percent(part_trainable, part_total):.2f}%)"
+                )
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (B, {self.in_chans}, H, W), got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected a 4-D input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}; "
+                "add the batch dimension with x.unsqueeze(0) for a single image"
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"expected a floating-point input, got {x.dtype}; convert with x.float() and normalise with "
+                f"mean={self.pretrained_cfg.get('mean')}, std={self.pretrained_cfg.get('std')}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"model expects {self.in_chans} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)}); "
+                f"create the model with in_chans={x.shape[1]} to adapt the patch embedding"
+            )
+        if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
+            raise ValueError(
+                f"input {x.shape[-2]}x{x.shape[-1]} is smaller than one {self.patch_size}x{self.patch_size} patch; "
+                f"resize or pad it to at least {self.patch_size} pixels per side"
+            )
+
+    def _pad_to_patch_multiple(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = -x.shape[-2] % self.patch_size
+        pad_w = -x.shape[-1] % self.patch_size
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return x
+
+
+def _count(module: nn.Module) -> tuple[int, int]:
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _percent(part: int, whole: int) -> float:
+    return 100.0 * part / whole if whole else 0.0

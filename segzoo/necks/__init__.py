@@ -1,0 +1,19 @@
+"""Necks turn a plain ViT's same-stride maps into what a decoder expects."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .identity import IdentityNeck
+from .pyramid import SimpleFeaturePyramid
+
+__all__ = ["NECKS", "IdentityNeck", "SimpleFeaturePyramid", "create_neck"]
+
+NECKS: dict[str, type[nn.Module]] = {"pyramid": SimpleFeaturePyramid, "none": IdentityNeck}
+
+
+def create_neck(name: str, in_channels: list[int]) -> nn.Module:
+    """``"pyramid"`` (strides 4/8/16/32, default) or ``"none"`` (the seed plan's same-stride maps)."""
+    if name not in NECKS:
+        raise ValueError(f"Unknown neck {name!r}; choose one of {sorted(NECKS)}")
+    return NECKS[name](in_channels)

@@ -1,0 +1,58 @@
+"""Bad input fails early, naming the problem and the fix."""
+
+import pytest
+import torch
+
+import segzoo
+
+
+@pytest.fixture
+def model(tiny):
+    return segzoo.create_model("segformer_dinov3_base", num_classes=2, **tiny).eval()
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.5, True])
+def test_num_classes_must_be_positive_int(tiny, num_classes):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+        segzoo.create_model("segformer_dinov3_base", num_classes=num_classes, **tiny)
+
+
+def test_num_classes_required(tiny):
+    with pytest.raises(ValueError, match="num_classes is required"):
+        segzoo.create_model("segformer_dinov3_base", **tiny)
+
+
+@pytest.mark.parametrize("in_chans", [0, -3])
+def test_in_chans_must_be_positive(tiny, in_chans):
+    with pytest.raises(ValueError, match="in_chans must be an integer >= 1"):
+        segzoo.create_model("segformer_dinov3_base", num_classes=2, in_chans=in_chans, **tiny)
+
+
+def test_unknown_neck(tiny):
+    with pytest.raises(ValueError, match="Unknown neck 'fpn'"):
+        segzoo.create_model("segformer_dinov3_base", num_classes=2, neck="fpn", **tiny)
+
+
+def test_input_must_be_4d(model):
+    with pytest.raises(ValueError, match=r"4-D input.*unsqueeze\(0\)"):
+        model(torch.randn(3, 64, 64))
+
+
+def test_input_channel_count(model):
+    with pytest.raises(ValueError, match="expects 3 input channel.*got 1.*in_chans=1"):
+        model(torch.randn(1, 1, 64, 64))
+
+
+def test_input_smaller_than_a_patch(model):
+    with pytest.raises(ValueError, match="smaller than one 16x16 patch"):
+        model(torch.randn(1, 3, 15, 64))
+
+
+def test_integer_input_rejected(model):
+    with pytest.raises(TypeError, match=r"floating-point input, got torch.uint8.*x.float\(\)"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_pretrained_from_non_timm_source_points_to_checkpoint_path(tiny):
+    with pytest.raises(ValueError, match="checkpoint_path"):
+        segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2, **tiny)

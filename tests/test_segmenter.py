@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+import segzoo
+
+
+@pytest.mark.parametrize("size", [(224, 224), (512, 512), (333, 517), (16, 16)])
+def test_logits_match_any_input_size(tiny, size):
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=4, **tiny).eval()
+    with torch.no_grad():
+        y = model(torch.randn(1, 3, *size))
+    assert y.shape == (1, 4, *size) and y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("neck", ["pyramid", "none"])
+def test_patch14_backbone_non_multiple_size_and_batch(tiny, neck):
+    model = segzoo.create_model("segformer_dinov2_small", num_classes=2, neck=neck, **tiny).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, 99, 130))
+    assert y.shape == (2, 2, 99, 130)
+
+
+def test_pyramid_gives_strides_4_to_32(tiny):
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=2, **tiny)
+    x = torch.randn(1, 3, 256, 256)
+    feats = model.neck(model.backbone(x))
+    assert [f.shape[-1] for f in feats] == [64, 32, 16, 8]
+    assert [f.shape[1] for f in feats] == model.neck.out_channels == [16, 32, 64, 64]
+    same = segzoo.create_model("segformer_dinov3_base", num_classes=2, neck="none", **tiny)
+    assert [f.shape[-1] for f in same.neck(same.backbone(x))] == [16, 16, 16, 16]
+
+
+def test_padding_does_not_leak_into_the_visible_crop(tiny):
+    # the crop of a padded input must be a deterministic function of the input: same input -> same logits
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=3, **tiny).eval()
+    x = torch.randn(1, 3, 40, 50)
+    with torch.no_grad():
+        a, b = model(x), model(x.clone())
+    torch.testing.assert_close(a, b)
+
+
+def test_one_channel_model(tiny):
+    model = segzoo.create_model("segformer_dinov2_base", num_classes=2, in_chans=1, **tiny).eval()
+    assert model.backbone.model.patch_embed.proj.in_channels == 1
+    assert len(model.pretrained_cfg["mean"]) == 1
+    assert model(torch.randn(1, 1, 70, 70)).shape == (1, 2, 70, 70)
+
+
+def test_feature_indices_choose_blocks_and_prune_the_rest():
+    model = segzoo.create_model(
+        "segformer_dinov3_base", num_classes=2, backbone_kwargs=dict(depth=6, embed_dim=64, num_heads=2),
+        feature_indices=[0, 1, 2, 3],
+    )
+    assert model.backbone.depth == 4  # blocks after the last feature layer are never run, so not kept
+    with pytest.raises(ValueError, match=r"must lie in \[0, 5\]"):
+        segzoo.create_model("segformer_dinov3_base", num_classes=2,
+                            backbone_kwargs=dict(depth=6, embed_dim=64, num_heads=2), feature_indices=[0, 9])
+
+
+def test_every_parameter_gets_a_gradient(tiny):
+    # no frozen-but-trainable leftovers: DDP without find_unused_parameters needs this
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=3, **tiny)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+def test_freeze_backbone_and_parameter_report(tiny, capsys):
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=3, freeze_backbone=True, **tiny)
+    counts = model.count_parameters()
+    assert counts["backbone"][0] == 0 and counts["backbone"][1] > 0
+    assert counts["decode_head"][0] == counts["decode_head"][1] > 0
+    model.print_trainable_parameters(detailed=True)
+    out = capsys.readouterr().out
+    assert "trainable params:" in out and "backbone:" in out and "neck:" in out and "decode_head:" in out
+    model.freeze_backbone(False)
+    assert model.count_parameters()["backbone"][0] == counts["backbone"][1]
+
+
+def test_gradient_checkpointing_same_gradients(tiny):
+    # eval(): dropout and DINOv3's RoPE jitter are random in train mode
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=2, **tiny).eval()
+    x = torch.randn(1, 3, 64, 64)
+    model(x).sum().backward()
+    ref = model.backbone.model.blocks[0].attn.qkv.weight.grad.clone()
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    assert model.backbone.model.grad_checkpointing
+    model(x).sum().backward()
+    torch.testing.assert_close(model.backbone.model.blocks[0].attn.qkv.weight.grad, ref)
+
+
+def test_model_records_how_to_rebuild(tiny):
+    model = segzoo.create_model("segformer_dinov3_large.sat493m", num_classes=5, neck="none", **tiny)
+    assert model.model_name == "segformer_dinov3_large"
+    assert model.model_kwargs["num_classes"] == 5 and model.model_kwargs["neck"] == "none"
+    assert model.model_kwargs["pretrained_tag"] == "sat493m"
+    assert model.pretrained_cfg["tag"] == "sat493m" and model.pretrained_cfg["mean"][2] == pytest.approx(0.296)
