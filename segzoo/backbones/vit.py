@@ -71,12 +71,16 @@ def create_vit_backbone(
     feature_indices: Sequence[int] | None = None,
     drop_path_rate: float = 0.0,
     backbone_kwargs: dict[str, Any] | None = None,
+    img_size: tuple[int, int] | None = None,
 ) -> ViTBackbone:
     """Build the timm ViT of ``spec`` and wrap it.
 
     ``backbone_kwargs`` go to :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64,
     num_heads=2`` for a tiny test model). ``pretrained`` uses timm's Hub download of
     the tag's timm-hosted weights; other sources load through ``checkpoint_path``.
+    ``img_size`` fixes the input size (a multiple of the patch size): position
+    embeddings are resampled once at build time instead of at every call, which is
+    what ``torch.compile`` needs; ``None`` keeps timm's ``dynamic_img_size``.
     """
     kwargs: dict[str, Any] = dict(spec.timm_kwargs)
     kwargs.update(backbone_kwargs or {})
@@ -93,12 +97,14 @@ def create_vit_backbone(
                 f"{(source.hf_hub_id or source.url) if source else spec.source} and pass checkpoint_path=..."
             )
         timm_name = f"{spec.timm_arch}.{source.timm_tag}"
+    if img_size is not None:
+        kwargs["img_size"] = tuple(img_size)
     model = timm.create_model(
         timm_name,
         pretrained=pretrained,
         num_classes=0,
         in_chans=in_chans,
-        dynamic_img_size=True,
+        dynamic_img_size=img_size is None,
         drop_path_rate=drop_path_rate,
         **kwargs,
     )

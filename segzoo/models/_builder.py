@@ -34,6 +34,7 @@ def build_segmenter(
     backbone_kwargs: dict[str, Any] | None = None,
     freeze_backbone: bool = False,
     grad_checkpointing: bool = False,
+    img_size: int | tuple[int, int] | None = None,
     **head_kwargs: Any,
 ) -> Segmenter:
     """Build ``variant`` = ``head_factory`` on the ``backbone`` family/size.
@@ -41,11 +42,14 @@ def build_segmenter(
     Common keyword arguments of every zoo model: ``num_classes``, ``in_chans``,
     ``neck`` ("pyramid" | "none"), ``feature_indices``, ``drop_path_rate``,
     ``backbone_kwargs`` (passed to timm, e.g. tiny test sizes), ``freeze_backbone``,
-    ``grad_checkpointing``. Everything else goes to the head.
+    ``grad_checkpointing``, ``img_size`` (fix the input size, for ``torch.compile``).
+    Everything else goes to the head.
     """
     _check_positive_int("num_classes", num_classes, "the number of classes, background included")
     _check_positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
     spec = get_backbone_spec(backbone)
+    fixed_size = _fixed_input_size(img_size, spec.patch_size if not backbone_kwargs or "patch_size" not in backbone_kwargs
+                                   else int(backbone_kwargs["patch_size"]))
     tag_cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant, allow_missing=True)
     vit = create_vit_backbone(
         spec,
@@ -55,10 +59,14 @@ def build_segmenter(
         feature_indices=feature_indices,
         drop_path_rate=drop_path_rate,
         backbone_kwargs=backbone_kwargs,
+        img_size=fixed_size,
     )
     neck_module = create_neck(neck, vit.out_channels)
     head = head_factory(neck_module.out_channels, num_classes, **head_kwargs)
-    model = Segmenter(vit, neck_module, head, num_classes, pretrained_cfg=_model_pretrained_cfg(spec, tag_cfg, vit))
+    model = Segmenter(
+        vit, neck_module, head, num_classes, pretrained_cfg=_model_pretrained_cfg(spec, tag_cfg, vit),
+        fixed_input_size=fixed_size,
+    )
     if freeze_backbone:
         model.freeze_backbone()
     if grad_checkpointing:
@@ -111,6 +119,21 @@ def _model_pretrained_cfg(spec: BackboneSpec, tag_cfg: PretrainedCfg | None, vit
         cfg["mean"] = [sum(cfg["mean"]) / len(cfg["mean"])] * vit.in_chans
         cfg["std"] = [sum(cfg["std"]) / len(cfg["std"])] * vit.in_chans
     return cfg
+
+
+def _fixed_input_size(img_size: int | tuple[int, int] | None, patch_size: int) -> tuple[int, int] | None:
+    if img_size is None:
+        return None
+    size = (img_size, img_size) if isinstance(img_size, int) else img_size
+    valid = isinstance(size, (tuple, list)) and len(size) == 2 and all(
+        isinstance(s, int) and s >= patch_size and s % patch_size == 0 for s in size
+    )
+    if not valid:
+        raise ValueError(
+            f"img_size must be an int or (H, W) of multiples of the patch size {patch_size}, "
+            f"got {img_size!r}; e.g. img_size={32 * patch_size}"
+        )
+    return tuple(size)
 
 
 def _check_positive_int(name: str, value: Any, meaning: str) -> None:

@@ -25,6 +25,9 @@ class Segmenter(nn.Module):
         decode_head: list of maps -> logits at the first map's resolution.
         num_classes: number of output channels (classes, background included).
         pretrained_cfg: mean/std/patch size/licence/source of the backbone weights.
+        fixed_input_size: set when the backbone was built for one input size
+            (``create_model(..., img_size=512)``, for ``torch.compile``); other sizes
+            are then rejected instead of silently resampled.
     """
 
     def __init__(
@@ -34,6 +37,7 @@ class Segmenter(nn.Module):
         decode_head: nn.Module,
         num_classes: int,
         pretrained_cfg: dict[str, Any] | None = None,
+        fixed_input_size: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -43,6 +47,7 @@ class Segmenter(nn.Module):
         self.in_chans = int(backbone.in_chans)
         self.patch_size = int(backbone.patch_size)
         self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
+        self.fixed_input_size = tuple(fixed_input_size) if fixed_input_size else None
         # set by segzoo.create_model: what save_pretrained writes to config.json to rebuild
         self.model_name: str | None = None
         self.model_kwargs: dict[str, Any] = {}
@@ -120,6 +125,11 @@ class Segmenter(nn.Module):
             raise ValueError(
                 f"input {x.shape[-2]}x{x.shape[-1]} is smaller than one {self.patch_size}x{self.patch_size} patch; "
                 f"resize or pad it to at least {self.patch_size} pixels per side"
+            )
+        if self.fixed_input_size is not None and tuple(x.shape[-2:]) != self.fixed_input_size:
+            raise ValueError(
+                f"model was built for {self.fixed_input_size[0]}x{self.fixed_input_size[1]} inputs (img_size=...), "
+                f"got {x.shape[-2]}x{x.shape[-1]}; create it without img_size to accept any size"
             )
 
     def _pad_to_patch_multiple(self, x: torch.Tensor) -> torch.Tensor:

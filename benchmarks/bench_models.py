@@ -1,0 +1,234 @@
+"""Speed, FLOPs and memory of zoo models against their backbone alone, in one run.
+
+For each model this measures, round-robin so that machine noise hits every variant alike:
+
+- ``backbone``: the timm ViT alone (``forward_intermediates`` at the model's feature layers),
+- ``seed``: the seed plan's layout (four same-stride maps into the same head, ``neck="none"``),
+- ``model``: the zoo model as registered (default: simple feature pyramid + head),
+
+and prints parameters, forward GFLOPs per image, train img/s (forward, backward, AdamW
+step), inference img/s, peak memory (CUDA only) and MFU against ``--peak-tflops``, as
+JSON lines plus a table with ratios to the backbone. Needs torch/timm/transformers only
+(no nnunetv2, no omegaconf), so it runs on a bare GPU machine too.
+
+    python benchmarks/bench_models.py                                   # CPU defaults
+    python benchmarks/bench_models.py --models segformer_dinov3_large --batch 8 \
+        --device cuda --amp bf16 --compile --peak-tflops 989            # H100 figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import segzoo  # noqa: E402
+
+
+@dataclass
+class Result:
+    model: str
+    variant: str
+    device: str
+    img_size: int
+    batch: int
+    params_m: float
+    gflops_fwd_per_img: float
+    train_img_s: float
+    infer_img_s: float
+    train_step_s: float
+    peak_mem_gib: float | None
+    mfu_train: float | None
+
+
+class BackboneAlone(nn.Module):
+    """The zoo model's backbone with nothing after it; the loss is the mean of its maps."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.backbone(x)
+
+
+def build_variants(name: str, args: argparse.Namespace) -> dict[str, nn.Module]:
+    kwargs = dict(num_classes=args.num_classes)
+    if args.compile:
+        kwargs["backbone_kwargs"] = dict(img_size=args.img_size)  # fixed size: no dynamic shapes to trace
+    model = segzoo.create_model(name, **kwargs)
+    variants = {"backbone": BackboneAlone(model.backbone), "model": model}
+    if "neck" in model.model_kwargs or hasattr(model, "neck"):
+        variants["seed"] = segzoo.create_model(name, neck="none", **kwargs)
+    return {k: variants[k] for k in ("backbone", "seed", "model") if k in variants}
+
+
+def loss_of(output, target: torch.Tensor) -> torch.Tensor:
+    if isinstance(output, (list, tuple)):
+        return sum(o.float().mean() for o in output)
+    return F.cross_entropy(output.float(), target)
+
+
+def forward_flops(module: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x[:1])
+    return float(counter.get_total_flops())
+
+
+def run(args: argparse.Namespace) -> list[Result]:
+    device = torch.device(args.device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
+    results = []
+    for name in args.models:
+        variants = build_variants(name, args)
+        x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
+        target = torch.randint(0, args.num_classes, (args.batch, args.img_size, args.img_size), device=device)
+        steps: dict[str, Callable[[], None]] = {}
+        infers: dict[str, Callable[[], None]] = {}
+        flops: dict[str, float] = {}
+        for variant, module in variants.items():
+            module.to(device)
+            flops[variant] = forward_flops(module, x)
+            runnable = torch.compile(module) if args.compile else module
+            optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
+            steps[variant] = _train_step(runnable, module, optimizer, x, target, amp_dtype, device)
+            infers[variant] = _infer(runnable, module, x, amp_dtype, device)
+        train_times = _round_robin(steps, args.warmup, args.steps, device)
+        peaks = _peak_memory(steps, device)
+        infer_times = _round_robin(infers, args.warmup, args.steps, device)
+        for variant, module in variants.items():
+            step_s = statistics.median(train_times[variant])
+            train_ips = args.batch / step_s
+            mfu = 3 * flops[variant] * train_ips / (args.peak_tflops * 1e12) if args.peak_tflops else None
+            results.append(
+                Result(
+                    model=name, variant=variant, device=_device_name(device), img_size=args.img_size,
+                    batch=args.batch, params_m=sum(p.numel() for p in module.parameters()) / 1e6,
+                    gflops_fwd_per_img=flops[variant] / 1e9, train_img_s=train_ips,
+                    infer_img_s=args.batch / statistics.median(infer_times[variant]), train_step_s=step_s,
+                    peak_mem_gib=peaks.get(variant), mfu_train=mfu,
+                )
+            )
+            print(json.dumps(asdict(results[-1])), flush=True)
+        del variants, steps, infers
+    return results
+
+
+def _train_step(runnable, module, optimizer, x, target, amp_dtype, device) -> Callable[[], None]:
+    def step() -> None:
+        module.train()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_of(runnable(x), target)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _infer(runnable, module, x, amp_dtype, device) -> Callable[[], None]:
+    def infer() -> None:
+        module.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            runnable(x)
+
+    return infer
+
+
+def _round_robin(fns: dict[str, Callable[[], None]], warmup: int, steps: int, device) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + steps):
+        for key, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                times[key].append(time.perf_counter() - start)
+        print(f"  timing {i + 1}/{warmup + steps}", file=sys.stderr, flush=True)
+    return times
+
+
+def _peak_memory(steps: dict[str, Callable[[], None]], device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}  # no allocator peak on CPU; see benchmarks/bench_finetune.py for CPU memory
+    peaks = {}
+    for key, fn in steps.items():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        peaks[key] = torch.cuda.max_memory_allocated(device) / 2**30
+    return peaks
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu x{torch.get_num_threads()} threads"
+
+
+def print_table(results: list[Result]) -> None:
+    base = {r.model: r for r in results if r.variant == "backbone"}
+    header = f"{'model':<28}{'variant':<10}{'params M':>9}{'GFLOP/img':>10}{'train img/s':>12}{'x bb':>6}" \
+             f"{'infer img/s':>12}{'x bb':>6}{'peak GiB':>9}{'MFU':>6}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        b = base[r.model]
+        peak = f"{r.peak_mem_gib:.2f}" if r.peak_mem_gib is not None else "n/a"
+        mfu = f"{100 * r.mfu_train:.0f}%" if r.mfu_train is not None else "n/a"
+        print(f"{r.model:<28}{r.variant:<10}{r.params_m:>9.1f}{r.gflops_fwd_per_img:>10.1f}{r.train_img_s:>12.3f}"
+              f"{r.train_img_s / b.train_img_s:>6.2f}{r.infer_img_s:>12.3f}{r.infer_img_s / b.infer_img_s:>6.2f}"
+              f"{peak:>9}{mfu:>6}")
+    print(f"(x bb = speed relative to the backbone alone; time cost = 1 / x bb; device: {results[0].device})")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["segformer_dinov3_base"])
+    parser.add_argument("--img-size", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--num-classes", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None,
+                        help="autocast dtype (default: bf16 on CUDA, none on CPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each variant at a fixed size")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (H100 bf16: 989)")
+    parser.add_argument("--json", type=Path, default=None, help="also append the JSON lines to this file")
+    args = parser.parse_args(argv)
+    if args.amp is None:
+        args.amp = "bf16" if args.device.startswith("cuda") else "none"
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    args = parse_args(argv)
+    results = run(args)
+    print_table(results)
+    if args.json:
+        with args.json.open("a") as f:
+            for r in results:
+                f.write(json.dumps(asdict(r)) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Compile-readiness: no graph breaks in the zoo's own code at a fixed input size."""
+
+import pytest
+import torch
+
+import segzoo
+
+
+@pytest.mark.parametrize("name,size", [("segformer_dinov3_base", 64), ("segformer_dinov2_small", 70)])
+def test_fixed_size_model_has_no_graph_breaks(tiny, name, size):
+    model = segzoo.create_model(name, num_classes=3, img_size=size, **tiny).eval()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, size, size))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+def test_compiled_matches_eager(tiny):
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=3, img_size=64, **tiny).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager)
+
+
+def test_fixed_size_model_rejects_other_sizes(tiny):
+    model = segzoo.create_model("segformer_dinov3_base", num_classes=3, img_size=(64, 96), **tiny)
+    assert model(torch.randn(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+    with pytest.raises(ValueError, match="built for 64x96 inputs"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("img_size", [100, (64, 0), "512"])
+def test_img_size_must_be_patch_multiple(tiny, img_size):
+    with pytest.raises(ValueError, match="multiples of the patch size 16"):
+        segzoo.create_model("segformer_dinov3_base", num_classes=3, img_size=img_size, **tiny)
