@@ -1,0 +1,123 @@
+"""``segzoo`` command: list, inspect and benchmark the zoo's models.
+
+    segzoo list [PATTERN] [--pretrained]
+    segzoo info NAME [--num-classes K]
+    segzoo bench NAME [...]       (arguments after NAME go to benchmarks/bench_models.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import torch
+
+from . import create_model, get_pretrained_cfg, list_models
+from ._registry import UnknownModelError, model_entrypoint
+
+__all__ = ["main", "model_summary"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UnknownModelError as err:
+        print(f"segzoo: {err}", file=sys.stderr)
+        return 2
+
+
+def model_summary(name: str, num_classes: int = 2) -> dict:
+    """Architecture facts of a registered model, built on the meta device (no memory, no download)."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes)
+    counts = model.count_parameters()
+    cfg = get_pretrained_cfg(name, allow_missing=True)
+    arch = name.partition(".")[0]
+    return {
+        "name": arch,
+        "head": arch.split("_", 1)[0],
+        "backbone": model.pretrained_cfg.get("backbone"),
+        "timm_arch": model.pretrained_cfg.get("timm_arch"),
+        "patch_size": model.patch_size,
+        "feature_indices": model.pretrained_cfg.get("feature_indices"),
+        "neck": type(model.neck).__name__,
+        "decode_head": type(model.decode_head).__name__,
+        "params": {part: total for part, (_, total) in counts.items()},
+        "pretrained_tags": [n.partition(".")[2] for n in list_models(f"{arch}.*", pretrained=True)],
+        "license": model.pretrained_cfg.get("license"),
+        "pretrained_cfg": cfg.to_dict() if cfg else None,
+    }
+
+
+def _list(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern or "", pretrained=args.pretrained)
+    if not names:
+        print(f"segzoo: no model matches {args.pattern!r}; try `segzoo list`", file=sys.stderr)
+        return 1
+    print("\n".join(names))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    model_entrypoint(args.name)  # close-match error before any work
+    summary = model_summary(args.name, args.num_classes)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    params = summary["params"]
+    print(f"{summary['name']}: {summary['head']} head on {summary['backbone']} ({summary['timm_arch']})")
+    print(f"  patch size {summary['patch_size']}, feature blocks {summary['feature_indices']}, neck {summary['neck']}")
+    print(
+        f"  parameters: {params['total'] / 1e6:.1f}M (backbone {params['backbone'] / 1e6:.1f}M, "
+        f"neck {params['neck'] / 1e6:.2f}M, head {params['decode_head'] / 1e6:.2f}M at {args.num_classes} classes)"
+    )
+    print(f"  pretrained tags: {', '.join(summary['pretrained_tags']) or 'none'}; licence: {summary['license']}")
+    if summary["pretrained_cfg"]:
+        cfg = summary["pretrained_cfg"]
+        where = cfg["hf_hub_id"] or "not on the Hub: load the file with checkpoint_path=..."
+        which = "tagged" if "." in args.name else "default"
+        print(f"  {which} weights: {cfg['tag']} from {where}{' (gated)' if cfg['gated'] else ''}")
+        print(f"  normalise with mean={cfg['mean']} std={cfg['std']}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    model_entrypoint(args.name)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
+    if not script.exists():
+        print(f"segzoo: benchmark script not found at {script} (it ships with a source checkout)", file=sys.stderr)
+        return 1
+    sys.argv = [str(script), "--models", args.name, *args.bench_args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segzoo", description="Segmentation models on ViT foundation backbones.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("list", help="list registered models (shell wildcards)")
+    p.add_argument("pattern", nargs="?", help="e.g. 'segformer_*' or '*dinov3*'")
+    p.add_argument("--pretrained", action="store_true", help="list name.tag for every pretrained variant")
+    p.set_defaults(func=_list)
+
+    p = commands.add_parser("info", help="architecture summary, parameters, pretrained config")
+    p.add_argument("name", help="registered name, optionally with a tag (segformer_dinov3_large.lvd1689m)")
+    p.add_argument("--num-classes", type=int, default=2, help="classes for the parameter count (default 2)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_info)
+
+    p = commands.add_parser("bench", help="time the model against its backbone alone (benchmarks/bench_models.py)")
+    p.add_argument("name")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --img-size 256 --batch 1")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
