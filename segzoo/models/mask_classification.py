@@ -67,8 +67,8 @@ class MaskClassificationSegmenter(Segmenter):
                 f"'masks_queries_logits'), got {type(outputs).__name__}; call model.train() before the forward pass"
             )
         target = self._check_target(target, outputs["masks_queries_logits"].shape[0])
-        pad_h = -target.shape[-2] % self.patch_size
-        pad_w = -target.shape[-1] % self.patch_size
+        pad_h = -target.shape[-2] % self.pad_multiple
+        pad_w = -target.shape[-1] % self.pad_multiple
         if pad_h or pad_w:
             target = F.pad(target, (0, pad_w, 0, pad_h), value=-1)
         mask_labels, class_labels = label_map_to_mask_targets(target, self.num_classes)
