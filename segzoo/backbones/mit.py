@@ -86,10 +86,15 @@ class MiTBackbone(nn.Module):
         return list(self.model(x, output_hidden_states=True).hidden_states)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if enable:
-            self.model.gradient_checkpointing_enable()
-        else:
-            self.model.gradient_checkpointing_disable()
+        # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*
+        prefix = "activation" if hasattr(self.model, "activation_checkpointing_enable") else "gradient"
+        getattr(self.model, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        if hasattr(type(self.model), "is_activation_checkpointing"):
+            return bool(self.model.is_activation_checkpointing)
+        return bool(self.model.is_gradient_checkpointing)
 
 
 def create_mit_backbone(config: SegformerConfig) -> MiTBackbone:
