@@ -82,10 +82,8 @@ def test_other_class_count_keeps_own_classifier_or_says_how():
 
 def test_checkpoint_of_another_size_is_refused():
     b0 = _reference(segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT)).state_dict()
-    wider = segzoo.create_model(
-        "segformer_mit_b0", num_classes=2, decoder_hidden_size=32, backbone_kwargs=dict(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1],
-                                                                num_attention_heads=[1, 1, 1, 2]),
-    )
+    wider_sizes = dict(hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 2])
+    wider = segzoo.create_model("segformer_mit_b0", num_classes=2, decoder_hidden_size=32, backbone_kwargs=wider_sizes)
     with pytest.raises(ValueError, match="check the MiT size"):
         load_transformers_segformer(wider, b0)
     deeper = segzoo.create_model("segformer_mit_b0", num_classes=2, decoder_hidden_size=32, backbone_kwargs=dict(
@@ -102,7 +100,7 @@ def test_any_size_without_padding_and_minimum_size():
     assert model.pad_multiple == 1 and model.min_input_size == 32 and model.patch_size == 4
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 111)).shape == (2, 3, 32, 111)
-    with pytest.raises(ValueError, match="smaller than the 32x32 minimum"):
+    with pytest.raises(ValueError, match="smaller than the 32x32 minimum of the backbone"):
         model(torch.randn(1, 3, 31, 64))
 
 
@@ -115,7 +113,8 @@ def test_full_size_configs_on_meta():
         config = model.backbone.model.config
         assert model.decode_head.classifier.out_channels == 3
         if name[-2:] in expected:
-            assert (list(config.hidden_sizes), list(config.depths), config.decoder_hidden_size) == expected[name[-2:]]
+            architecture = (list(config.hidden_sizes), list(config.depths), config.decoder_hidden_size)
+            assert architecture == expected[name[-2:]]
     assert segzoo.list_models("segformer_mit_*") == [f"segformer_mit_b{i}" for i in range(6)]
 
 

@@ -12,7 +12,8 @@ def test_head_matches_transformers_upernet_given_identical_features(tiny):
     model = segzoo.create_model("upernet_dinov3_base", num_classes=5, **tiny).eval()
     channels = model.neck.out_channels  # [16, 32, 64, 64] on the tiny ViT
     # a transformers UperNet whose (tiny ConvNeXt) backbone emits maps of those widths at strides 4-32
-    backbone = ConvNextConfig(hidden_sizes=channels, depths=[1, 1, 1, 1], out_features=["stage1", "stage2", "stage3", "stage4"])
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    backbone = ConvNextConfig(hidden_sizes=channels, depths=[1, 1, 1, 1], out_features=stages)
     reference = UperNetForSemanticSegmentation(
         UperNetConfig(backbone_config=backbone, hidden_size=32, num_labels=5, use_auxiliary_head=False)
     ).eval()

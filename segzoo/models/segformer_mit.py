@@ -44,7 +44,8 @@ class SegformerLoadReport:
     ignored: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"loaded {len(self.loaded)} tensors; missing: {self.missing or 'none'}; ignored: {self.ignored or 'none'}"
+        missing, ignored = self.missing or "none", self.ignored or "none"
+        return f"loaded {len(self.loaded)} tensors; missing: {missing}; ignored: {ignored}"
 
 
 def load_transformers_segformer(
@@ -83,7 +84,8 @@ def load_transformers_segformer(
             report.ignored.append(key)
             continue
         expected = target[zoo_key].shape
-        if value.ndim == 4 and value.shape[1] == 3 and expected[1] == model.in_chans != 3 and value.shape[0] == expected[0]:
+        is_rgb_patch_filter = value.ndim == 4 and value.shape[1] == 3 and value.shape[0] == expected[0]
+        if is_rgb_patch_filter and expected[1] == model.in_chans != 3:
             value = adapt_input_conv(expected[1], value)  # in_chans != 3: timm's RGB-filter adaptation
         if value.shape != expected:
             wrong_shape.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected)}")
@@ -239,8 +241,10 @@ def _read_state_dict(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor])
 
 def _raise_on_mismatch(model: Segmenter, unexpected: list[str], wrong_shape: list[str]) -> None:
     if unexpected:
-        raise ValueError(f"checkpoint has {len(unexpected)} keys that are not SegFormer weights (e.g. {unexpected[:3]}); "
-                         "is it a transformers SegFormer checkpoint?")
+        raise ValueError(
+            f"checkpoint has {len(unexpected)} keys that are not SegFormer weights (e.g. {unexpected[:3]}); "
+            "is it a transformers SegFormer checkpoint?"
+        )
     if wrong_shape:
         hint = ""
         if any("classifier" in w for w in wrong_shape):

@@ -123,7 +123,8 @@ class Segmenter(nn.Module):
             )
         if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
             size = self.min_input_size
-            what = f"one {size}x{size} patch" if size == self.patch_size else f"the {size}x{size} minimum of this backbone"
+            minimum = f"the {size}x{size} minimum of the backbone"
+            what = f"one {size}x{size} patch" if size == self.patch_size else minimum
             raise ValueError(
                 f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {what}; "
                 f"resize or pad it to at least {size} pixels per side"
