@@ -6,7 +6,7 @@ from segzoo.cli import main
 
 
 def test_list_with_pattern_and_pretrained(capsys):
-    assert main(["list", "*dinov3_large*", "--pretrained"]) == 0
+    assert main(["list", "segformer_dinov3_large*", "--pretrained"]) == 0
     assert capsys.readouterr().out.split() == ["segformer_dinov3_large.lvd1689m", "segformer_dinov3_large.sat493m"]
     assert main(["list", "nothing_like_this*"]) == 1
 

@@ -1,5 +1,13 @@
-"""Decode heads: feature pyramids in, class logits out."""
+"""Decode heads: feature pyramids in, class logits (or mask-classification outputs) out."""
 
+from .mask2former import Mask2FormerHead, create_mask2former_head
 from .segformer import create_segformer_head
+from .upernet import UperNetDecodeHead, create_upernet_head
 
-__all__ = ["create_segformer_head"]
+__all__ = [
+    "Mask2FormerHead",
+    "UperNetDecodeHead",
+    "create_mask2former_head",
+    "create_segformer_head",
+    "create_upernet_head",
+]

@@ -1,6 +1,7 @@
-"""Segmenter and the registered model factories (importing a model file registers its names)."""
+"""Segmenters and the registered model factories (importing a model file registers its names)."""
 
-from . import segformer
+from . import mask2former, segformer, segformer_mit, upernet
+from .mask_classification import MaskClassificationSegmenter
 from .segmenter import Segmenter
 
-__all__ = ["Segmenter", "segformer"]
+__all__ = ["MaskClassificationSegmenter", "Segmenter", "mask2former", "segformer", "segformer_mit", "upernet"]

@@ -35,6 +35,7 @@ def build_segmenter(
     freeze_backbone: bool = False,
     grad_checkpointing: bool = False,
     img_size: int | tuple[int, int] | None = None,
+    segmenter_cls: type[Segmenter] = Segmenter,
     **head_kwargs: Any,
 ) -> Segmenter:
     """Build ``variant`` = ``head_factory`` on the ``backbone`` family/size.
@@ -43,7 +44,9 @@ def build_segmenter(
     ``neck`` ("pyramid" | "none"), ``feature_indices``, ``drop_path_rate``,
     ``backbone_kwargs`` (passed to timm, e.g. tiny test sizes), ``freeze_backbone``,
     ``grad_checkpointing``, ``img_size`` (fix the input size, for ``torch.compile``).
-    Everything else goes to the head.
+    Everything else goes to the head. ``segmenter_cls`` is chosen by the decoder's
+    model file (e.g. a mask-classification head needs
+    :class:`~segzoo.models.MaskClassificationSegmenter`), never by users.
     """
     _check_positive_int("num_classes", num_classes, "the number of classes, background included")
     _check_positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
@@ -63,7 +66,7 @@ def build_segmenter(
     )
     neck_module = create_neck(neck, vit.out_channels)
     head = head_factory(neck_module.out_channels, num_classes, **head_kwargs)
-    model = Segmenter(
+    model = segmenter_cls(
         vit, neck_module, head, num_classes, pretrained_cfg=_model_pretrained_cfg(spec, tag_cfg, vit),
         fixed_input_size=fixed_size,
     )

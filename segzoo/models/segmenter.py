@@ -17,6 +17,8 @@ class Segmenter(nn.Module):
     Works for any ``H, W >= patch_size``: the input is zero-padded on the bottom/right
     to a multiple of the patch size, the ViT interpolates its position embeddings
     (or uses RoPE), and the logits are upsampled and cropped back to ``H x W``.
+    A backbone that takes any size (MiT) sets ``pad_multiple = 1`` and its own
+    ``min_input_size`` instead.
 
     Args:
         backbone: a :class:`~segzoo.backbones.ViTBackbone` (anything with ``patch_size``,
@@ -46,6 +48,9 @@ class Segmenter(nn.Module):
         self.num_classes = int(num_classes)
         self.in_chans = int(backbone.in_chans)
         self.patch_size = int(backbone.patch_size)
+        # plain ViTs pad to whole patches; a backbone that takes any size (MiT) says so itself
+        self.pad_multiple = int(getattr(backbone, "pad_multiple", self.patch_size))
+        self.min_input_size = int(getattr(backbone, "min_input_size", self.patch_size))
         self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
         self.fixed_input_size = tuple(fixed_input_size) if fixed_input_size else None
         # set by segzoo.create_model: what save_pretrained writes to config.json to rebuild
@@ -121,10 +126,13 @@ class Segmenter(nn.Module):
                 f"model expects {self.in_chans} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)}); "
                 f"create the model with in_chans={x.shape[1]} to adapt the patch embedding"
             )
-        if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
+        if x.shape[-2] < self.min_input_size or x.shape[-1] < self.min_input_size:
+            size = self.min_input_size
+            minimum = f"the {size}x{size} minimum of the backbone"
+            what = f"one {size}x{size} patch" if size == self.patch_size else minimum
             raise ValueError(
-                f"input {x.shape[-2]}x{x.shape[-1]} is smaller than one {self.patch_size}x{self.patch_size} patch; "
-                f"resize or pad it to at least {self.patch_size} pixels per side"
+                f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {what}; "
+                f"resize or pad it to at least {size} pixels per side"
             )
         if self.fixed_input_size is not None and tuple(x.shape[-2:]) != self.fixed_input_size:
             raise ValueError(
@@ -133,8 +141,8 @@ class Segmenter(nn.Module):
             )
 
     def _pad_to_patch_multiple(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h = -x.shape[-2] % self.patch_size
-        pad_w = -x.shape[-1] % self.patch_size
+        pad_h = -x.shape[-2] % self.pad_multiple
+        pad_w = -x.shape[-1] % self.pad_multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x

@@ -1,0 +1,194 @@
+"""Mask2Former decode head (Cheng et al. 2022) from transformers' modules: the
+multi-scale deformable-attention pixel decoder, the masked-attention transformer
+decoder, the class predictor and the Hungarian-matched set loss.
+
+Instead of per-pixel logits, the head predicts ``num_queries`` (class, mask) pairs.
+:class:`~segzoo.models.MaskClassificationSegmenter` turns them into semantic logits
+in ``eval()`` and exposes the loss for training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from transformers import Mask2FormerConfig
+from transformers.models.mask2former.modeling_mask2former import (
+    Mask2FormerLoss,
+    Mask2FormerPixelDecoder,
+    Mask2FormerPreTrainedModel,
+    Mask2FormerTransformerModule,
+)
+
+__all__ = ["Mask2FormerHead", "create_mask2former_head", "label_map_to_mask_targets"]
+
+MaskOutputs = dict[str, Any]  # class_queries_logits, masks_queries_logits, auxiliary_outputs
+
+
+class Mask2FormerHead(Mask2FormerPreTrainedModel):
+    """Feature pyramid (finest map first) -> ``num_queries`` class logits and mask logits.
+
+    A transformers ``PreTrainedModel`` only so that transformers' own Mask2Former weight
+    initialisation applies (grid-initialised deformable sampling offsets, Xavier
+    decoder layers, ...); it holds no backbone.
+
+    ``forward`` returns a dict: ``class_queries_logits`` ``(B, Q, num_classes + 1)`` (the
+    last class is "no object"), ``masks_queries_logits`` ``(B, Q, h, w)`` at the first
+    map's resolution, and ``auxiliary_outputs``: the same pair from every earlier
+    decoder layer (deep supervision), each a dict.
+    """
+
+    def __init__(self, config: Mask2FormerConfig, in_channels: Sequence[int]):
+        super().__init__(config)
+        self.num_classes = int(config.num_labels)
+        self.pixel_decoder = Mask2FormerPixelDecoder(config, feature_channels=list(in_channels))
+        self.transformer_module = Mask2FormerTransformerModule(in_features=config.feature_size, config=config)
+        self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
+        self.loss_weights = {
+            "loss_cross_entropy": float(config.class_weight),
+            "loss_mask": float(config.mask_weight),
+            "loss_dice": float(config.dice_weight),
+        }
+        self.criterion = Mask2FormerLoss(config=config, weight_dict=self.loss_weights)
+        self.post_init()
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # _init_weights is transformers' own, inherited unchanged; without this, transformers
+        # treats a subclass outside its package as remote code and skips parent-module inits
+        # (e.g. the deformable attention's sampling-offset grid).
+        return False
+
+    def forward(self, features: Sequence[torch.Tensor]) -> MaskOutputs:
+        pixel = self.pixel_decoder(list(features), output_attentions=False, output_hidden_states=False)
+        decoded = self.transformer_module(
+            multi_scale_features=pixel.multi_scale_features,
+            mask_features=pixel.mask_features,
+            output_hidden_states=False,
+            output_attentions=False,
+        )
+        class_logits = [self.class_predictor(h.transpose(0, 1)) for h in decoded.intermediate_hidden_states]
+        mask_logits = list(decoded.masks_queries_logits)
+        return {
+            "class_queries_logits": class_logits[-1],
+            "masks_queries_logits": mask_logits[-1],
+            "auxiliary_outputs": [
+                {"class_queries_logits": c, "masks_queries_logits": m}
+                for c, m in zip(class_logits[:-1], mask_logits[:-1])
+            ],
+        }
+
+    def semantic_probabilities(self, outputs: MaskOutputs) -> torch.Tensor:
+        """``(B, num_classes, h, w)``: sum over queries of P(class) x P(pixel in mask).
+
+        Mask2Former's semantic inference; the "no object" class is dropped, so the
+        values are scores in ``[0, Q]`` that need not sum to 1 over classes.
+        """
+        class_probs = outputs["class_queries_logits"].float().softmax(-1)[..., :-1]
+        mask_probs = outputs["masks_queries_logits"].float().sigmoid()
+        return torch.einsum("bqc,bqhw->bchw", class_probs, mask_probs)
+
+    def loss_components(
+        self, outputs: MaskOutputs, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Weighted Hungarian-matched losses (class cross-entropy, mask BCE, mask dice) of
+        the last decoder layer and, with deep supervision, of every earlier layer."""
+        aux = (outputs.get("auxiliary_outputs") or None) if self.config.use_auxiliary_loss else None
+        if aux is not None:
+            aux = [{k: v.float() for k, v in layer.items()} for layer in aux]
+        losses = self.criterion(
+            masks_queries_logits=outputs["masks_queries_logits"].float(),
+            class_queries_logits=outputs["class_queries_logits"].float(),
+            mask_labels=mask_labels,
+            class_labels=class_labels,
+            auxiliary_predictions=aux,
+        )
+        for name in losses:
+            weight = next(w for key, w in self.loss_weights.items() if name.startswith(key))
+            losses[name] = losses[name] * weight
+        return losses
+
+
+def create_mask2former_head(
+    in_channels: list[int],
+    num_classes: int,
+    decoder_hidden_size: int = 256,
+    num_queries: int = 100,
+    decoder_layers: int = 10,
+    encoder_layers: int = 6,
+    num_attention_heads: int = 8,
+    dim_feedforward: int = 2048,
+    encoder_feedforward_dim: int = 1024,
+    deep_supervision: bool = True,
+    class_weight: float = 2.0,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
+    no_object_weight: float = 0.1,
+    train_num_points: int = 12544,
+) -> Mask2FormerHead:
+    """Mask2Former head for 4 feature maps with ``in_channels`` (finest first).
+
+    ``decoder_hidden_size`` is the width of the pixel decoder, the mask embeddings and
+    the query decoder (256 in the paper; a multiple of 32 for its GroupNorms).
+    ``decoder_layers`` counts as transformers does: the first mask prediction from the
+    learned queries plus ``decoder_layers - 1`` masked-attention layers (10 = the paper's
+    9 layers over 3 rounds of 3 scales). ``encoder_layers`` deformable-attention layers
+    refine the 3 coarsest maps in the pixel decoder. The loss weights and point count
+    are the paper's defaults.
+    """
+    if len(in_channels) != 4:
+        raise ValueError(f"Mask2Former needs 4 feature maps (finest first), got {len(in_channels)}")
+    if decoder_hidden_size < 32 or decoder_hidden_size % 32:
+        raise ValueError(
+            f"decoder_hidden_size must be a positive multiple of 32 (the pixel decoder uses GroupNorm(32, ...)), "
+            f"got {decoder_hidden_size}"
+        )
+    if decoder_hidden_size % num_attention_heads:
+        raise ValueError(
+            f"decoder_hidden_size {decoder_hidden_size} must be divisible by num_attention_heads {num_attention_heads}"
+        )
+    for name, value in (("num_queries", num_queries), ("decoder_layers", decoder_layers),
+                        ("encoder_layers", encoder_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    config = Mask2FormerConfig(
+        num_labels=num_classes,
+        hidden_dim=decoder_hidden_size,
+        feature_size=decoder_hidden_size,
+        mask_feature_size=decoder_hidden_size,
+        num_queries=num_queries,
+        decoder_layers=decoder_layers,
+        encoder_layers=encoder_layers,
+        num_attention_heads=num_attention_heads,
+        dim_feedforward=dim_feedforward,
+        encoder_feedforward_dim=encoder_feedforward_dim,
+        use_auxiliary_loss=deep_supervision,
+        class_weight=class_weight,
+        mask_weight=mask_weight,
+        dice_weight=dice_weight,
+        no_object_weight=no_object_weight,
+        train_num_points=train_num_points,
+        # the pixel decoder reads strides only to count its FPN levels: one (the finest map) on a 4/8/16/32 pyramid
+        feature_strides=[4, 8, 16, 32],
+        common_stride=4,
+    )
+    return Mask2FormerHead(config, in_channels)
+
+
+def label_map_to_mask_targets(
+    label_map: torch.Tensor, num_classes: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-pixel class ids ``(B, H, W)`` -> one binary mask per class present, per image.
+
+    Returns ``mask_labels`` (list of ``(K_b, H, W)`` float) and ``class_labels`` (list of
+    ``(K_b,)`` long), the layout Mask2Former's loss takes. Negative ids (padding) belong
+    to no mask.
+    """
+    mask_labels, class_labels = [], []
+    for labels in label_map:
+        classes = torch.unique(labels)
+        classes = classes[(classes >= 0) & (classes < num_classes)]
+        mask_labels.append((labels[None] == classes[:, None, None]).float())
+        class_labels.append(classes.long())
+    return mask_labels, class_labels

@@ -1,0 +1,293 @@
+"""The original SegFormer (Mix Transformer encoder + all-MLP head) through transformers'
+SegFormer modules: ``segformer_mit_b0`` ... ``segformer_mit_b5``.
+
+For comparing the ViT-foundation SegFormers with the original. The encoder and the
+decode head are transformers' ``SegformerModel`` and ``SegformerDecodeHead``; the zoo
+wrapper adds the contract (any input size, ``in_chans``, ``pretrained_cfg``, logits at
+the input size by bilinear upsampling). Published weights (nvidia/mit-b*, the
+ADE20K- and Cityscapes-fine-tuned nvidia/segformer-b*) load with
+:func:`load_transformers_segformer`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file
+from timm.models import adapt_input_conv
+from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
+
+from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
+from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
+from ..necks import IdentityNeck
+from .segmenter import Segmenter
+
+__all__ = ["SegformerLoadReport", "load_transformers_segformer"]  # register_model appends the factory names
+
+CHECKPOINT_FORMAT = "transformers_segformer"
+_LICENSE = "other: NVIDIA Source Code License for SegFormer (non-commercial), https://github.com/NVlabs/SegFormer"
+_SOURCE = "SegFormer (Xie et al., NeurIPS 2021; https://github.com/NVlabs/SegFormer), transformers ports by NVIDIA"
+
+
+@dataclass
+class SegformerLoadReport:
+    """What :func:`load_transformers_segformer` did: zoo keys loaded, zoo keys left as
+    initialised (e.g. the decode head of an encoder-only checkpoint) and checkpoint keys
+    dropped (e.g. an ImageNet classifier)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        missing, ignored = self.missing or "none", self.ignored or "none"
+        return f"loaded {len(self.loaded)} tensors; missing: {missing}; ignored: {ignored}"
+
+
+def load_transformers_segformer(
+    model: Segmenter,
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+    include_classifier: bool = True,
+) -> SegformerLoadReport:
+    """Load a transformers SegFormer checkpoint into a ``segformer_mit_*`` model.
+
+    Args:
+        model: a model built by ``segformer_mit_b*``.
+        checkpoint: a ``model.safetensors`` / ``pytorch_model.bin`` file, a folder
+            holding one (a transformers ``save_pretrained`` folder), or a state dict.
+            Accepts ``SegformerForSemanticSegmentation`` (encoder + decode head),
+            ``SegformerForImageClassification`` (encoder; its ImageNet classifier is
+            ignored) and bare ``SegformerModel`` files, in transformers' saved layout or
+            in the module layout of transformers >= 5.
+        include_classifier: ``False`` keeps the model's own final 1x1 classifier (to
+            fine-tune a fine-tuned model on other classes).
+
+    An encoder-only checkpoint leaves the decode head as initialised (reported as
+    missing); anything else missing, unexpected or of the wrong shape raises.
+    """
+    if not isinstance(getattr(model, "backbone", None), MiTBackbone):
+        raise TypeError(f"expected a segformer_mit_* model, got {type(model).__name__}; build it with "
+                        "segzoo.create_model('segformer_mit_b0', ...)")
+    state = _read_state_dict(checkpoint)
+    target = model.state_dict()
+    report, loaded, unexpected, wrong_shape = SegformerLoadReport(), {}, [], []
+    for key, value in state.items():
+        zoo_key = _zoo_key(key, target)
+        if zoo_key is None:
+            (report.ignored if key.startswith("classifier.") else unexpected).append(key)
+            continue
+        if zoo_key.startswith("decode_head.classifier.") and not include_classifier:
+            report.ignored.append(key)
+            continue
+        expected = target[zoo_key].shape
+        is_rgb_patch_filter = value.ndim == 4 and value.shape[1] == 3 and value.shape[0] == expected[0]
+        if is_rgb_patch_filter and expected[1] == model.in_chans != 3:
+            value = adapt_input_conv(expected[1], value)  # in_chans != 3: timm's RGB-filter adaptation
+        if value.shape != expected:
+            wrong_shape.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected)}")
+            continue
+        loaded[zoo_key] = value
+    _raise_on_mismatch(model, unexpected, wrong_shape)
+    has_head = any(k.startswith("decode_head.") for k in loaded)
+    missing = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
+    allowed = [k for k in missing if k.startswith("decode_head.") and
+               (not has_head or (not include_classifier and k.startswith("decode_head.classifier.")))]
+    if len(allowed) != len(missing):
+        absent = [k for k in missing if k not in allowed]
+        raise ValueError(
+            f"checkpoint lacks {len(absent)} weights of {model.model_name or 'this model'} (e.g. {absent[:3]}); "
+            "is it a different MiT size? Build the model whose size matches the checkpoint."
+        )
+    model.load_state_dict(loaded, strict=False)
+    report.loaded, report.missing = sorted(loaded), missing
+    return report
+
+
+# -- pretrained variants (data) --------------------------------------------------------
+
+
+def _mit_pretrained_cfgs(size: str) -> list[PretrainedCfg]:
+    arch = f"segformer_mit_{size}"
+    ade_res = 640 if size == "b5" else 512
+    common = dict(hf_hub_filename="pytorch_model.bin", checkpoint_format=CHECKPOINT_FORMAT, source=_SOURCE,
+                  license=_LICENSE, patch_size=4)
+    return [
+        PretrainedCfg(arch, "in1k", hf_hub_id=f"nvidia/mit-{size}", notes="ImageNet-1k encoder; decode head fresh",
+                      extra={"backbone": f"mit_{size}", "weights_scope": "encoder"}, **common),
+        PretrainedCfg(arch, "ade20k", hf_hub_id=f"nvidia/segformer-{size}-finetuned-ade-{ade_res}-{ade_res}",
+                      notes=f"full model fine-tuned on ADE20K at {ade_res}x{ade_res} (150 classes)",
+                      extra={"backbone": f"mit_{size}", "weights_scope": "full", "num_classes": 150}, **common),
+        PretrainedCfg(arch, "cityscapes", hf_hub_id=f"nvidia/segformer-{size}-finetuned-cityscapes-1024-1024",
+                      notes="full model fine-tuned on Cityscapes at 1024x1024 (19 classes)",
+                      extra={"backbone": f"mit_{size}", "weights_scope": "full", "num_classes": 19}, **common),
+    ]
+
+
+register_pretrained_cfgs(cfg for size in MIT_CONFIGS for cfg in _mit_pretrained_cfgs(size))
+
+
+# -- builder ---------------------------------------------------------------------------
+
+
+def _create_segformer_mit(
+    variant: str,
+    size: str,
+    pretrained: bool = False,
+    pretrained_tag: str | None = None,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    neck: str = "none",
+    decoder_hidden_size: int | None = None,
+    dropout: float = 0.1,
+    drop_path_rate: float = 0.1,
+    backbone_kwargs: dict[str, Any] | None = None,
+    freeze_backbone: bool = False,
+    grad_checkpointing: bool = False,
+) -> Segmenter:
+    """Options: ``decoder_hidden_size`` (default 256 for b0/b1, 768 for b2-b5),
+    ``dropout`` (0.1), ``drop_path_rate`` (0.1), ``backbone_kwargs`` (any
+    ``SegformerConfig`` encoder field, e.g. tiny test sizes), ``freeze_backbone``,
+    ``grad_checkpointing``. ``num_classes`` defaults to the fine-tuned tag's (150 for
+    ADE20K, 19 for Cityscapes)."""
+    tag_cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
+    if num_classes is None and pretrained_tag:
+        num_classes = tag_cfg.extra.get("num_classes")
+    for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}" if value is not None else
+                             f"{name} is required: pass {name}=K (the number of classes, background included)")
+    if neck != "none":
+        raise ValueError(f"{variant} has a hierarchical encoder (strides 4-32) and takes no neck; got neck={neck!r}")
+    if pretrained:
+        raise ValueError(
+            f"{variant}.{tag_cfg.tag} weights are transformers SegFormer files: download {tag_cfg.hf_hub_filename} "
+            f"from https://huggingface.co/{tag_cfg.hf_hub_id} and pass checkpoint_path=..."
+        )
+    config = mit_segformer_config(size, num_classes, in_chans, drop_path_rate, decoder_hidden_size, dropout,
+                                  backbone_kwargs)
+    backbone = create_mit_backbone(config)
+    head = SegformerDecodeHead(config)
+    model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
+                      pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
+    if freeze_backbone:
+        model.freeze_backbone()
+    if grad_checkpointing:
+        model.set_grad_checkpointing()
+    return model
+
+
+def _model_pretrained_cfg(tag_cfg: PretrainedCfg, size: str, in_chans: int) -> dict[str, Any]:
+    cfg = tag_cfg.to_dict()
+    cfg.update(cfg.pop("extra"))
+    cfg.update(backbone=f"mit_{size}", in_chans=in_chans, pad_multiple=1, min_input_size=MiTBackbone.min_input_size)
+    if in_chans != len(cfg["mean"]):
+        cfg["mean"] = [sum(cfg["mean"]) / len(cfg["mean"])] * in_chans
+        cfg["std"] = [sum(cfg["std"]) / len(cfg["std"])] * in_chans
+    return cfg
+
+
+# -- checkpoint helpers ----------------------------------------------------------------
+
+# transformers' saved SegFormer layout -> its module layout since transformers 5 (facts from its conversion table)
+_RENAMES = [
+    (r"encoder\.patch_embeddings\.(\d+)\.", r"stages.\1.patch_embeddings."),
+    (r"encoder\.block\.(\d+)\.", r"stages.\1.blocks."),
+    (r"encoder\.layer_norm\.(\d+)\.", r"stages.\1.layer_norm."),
+    (r"attention\.self\.query\.", "attention.q_proj."),
+    (r"attention\.self\.key\.", "attention.k_proj."),
+    (r"attention\.self\.value\.", "attention.v_proj."),
+    (r"attention\.self\.sr\.", "attention.sequence_reduction.sequence_reduction."),
+    (r"attention\.self\.layer_norm\.", "attention.sequence_reduction.layer_norm."),
+    (r"attention\.output\.dense\.", "attention.o_proj."),
+    (r"mlp\.dense1\.", "mlp.fc1."),
+    (r"mlp\.dense2\.", "mlp.fc2."),
+    (r"layer_norm_1\.", "layernorm_before."),
+    (r"layer_norm_2\.", "layernorm_after."),
+    (r"decode_head\.linear_c\.", "decode_head.linear_projections."),
+]
+
+
+def _zoo_key(key: str, target: Mapping[str, Any]) -> str | None:
+    """The zoo state-dict key of a transformers SegFormer key, in either layout; None if it has none."""
+    if key.startswith("segformer."):
+        key = "backbone.model." + key[len("segformer."):]
+    elif not key.startswith("decode_head."):
+        key = "backbone.model." + key  # a bare SegformerModel file
+    renamed = key
+    for pattern, replacement in _RENAMES:
+        renamed = re.sub(pattern, replacement, renamed)
+    return next((k for k in (key, renamed) if k in target), None)
+
+
+def _read_state_dict(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    if isinstance(checkpoint, Mapping):
+        return checkpoint
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        names = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(path, n))]
+        if not names:
+            raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
+        path = os.path.join(path, names[0])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if path.endswith(".safetensors"):
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _raise_on_mismatch(model: Segmenter, unexpected: list[str], wrong_shape: list[str]) -> None:
+    if unexpected:
+        raise ValueError(
+            f"checkpoint has {len(unexpected)} keys that are not SegFormer weights (e.g. {unexpected[:3]}); "
+            "is it a transformers SegFormer checkpoint?"
+        )
+    if wrong_shape:
+        hint = ""
+        if any("classifier" in w for w in wrong_shape):
+            hint = (" For another number of classes, build the model with the checkpoint's num_classes or load with "
+                    "include_classifier=False.")
+        raise ValueError(f"checkpoint shapes differ from {model.model_name or 'the model'}: {wrong_shape[:3]}.{hint} "
+                         "Otherwise check the MiT size.")
+
+
+# -- registered models -----------------------------------------------------------------
+
+
+@register_model
+def segformer_mit_b0(pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """SegFormer-B0: MiT-b0 encoder (3.7M params) + all-MLP head, transformers' modules."""
+    return _create_segformer_mit("segformer_mit_b0", "b0", pretrained, **kwargs)
+
+
+@register_model
+def segformer_mit_b1(pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """SegFormer-B1: MiT-b1 encoder + all-MLP head, transformers' modules."""
+    return _create_segformer_mit("segformer_mit_b1", "b1", pretrained, **kwargs)
+
+
+@register_model
+def segformer_mit_b2(pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """SegFormer-B2: MiT-b2 encoder + all-MLP head, transformers' modules."""
+    return _create_segformer_mit("segformer_mit_b2", "b2", pretrained, **kwargs)
+
+
+@register_model
+def segformer_mit_b3(pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """SegFormer-B3: MiT-b3 encoder + all-MLP head, transformers' modules."""
+    return _create_segformer_mit("segformer_mit_b3", "b3", pretrained, **kwargs)
+
+
+@register_model
+def segformer_mit_b4(pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """SegFormer-B4: MiT-b4 encoder + all-MLP head, transformers' modules."""
+    return _create_segformer_mit("segformer_mit_b4", "b4", pretrained, **kwargs)
+
+
+@register_model
+def segformer_mit_b5(pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """SegFormer-B5: MiT-b5 encoder + all-MLP head, transformers' modules."""
+    return _create_segformer_mit("segformer_mit_b5", "b5", pretrained, **kwargs)

@@ -1,0 +1,120 @@
+"""Mask2Former on ViT backbones: set outputs in train(), semantic logits in eval(), its loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import segzoo
+
+# a tiny transformers Mask2Former: 8 queries, 2 masked-attention layers, 1 deformable layer, 1024 points
+TINY_M2F = dict(num_queries=8, decoder_layers=3, encoder_layers=1, num_attention_heads=2, dim_feedforward=64,
+                encoder_feedforward_dim=64, train_num_points=1024)
+
+
+@pytest.fixture
+def model(tiny):
+    # DINOv2 (no RoPE jitter): the train-mode forward is deterministic
+    return segzoo.create_model("mask2former_dinov2_small", num_classes=3, **tiny, **TINY_M2F)
+
+
+def _batch():
+    x = torch.randn(2, 3, 56, 70)
+    target = torch.zeros(2, 56, 70, dtype=torch.long)
+    target[:, 10:30, 20:50] = 1
+    target[1, 40:, :30] = 2
+    return x, target
+
+
+def test_one_optimisation_step_lowers_the_loss(model):
+    x, target = _batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def loss_now():
+        torch.manual_seed(1)  # the loss samples points at random: same points before and after the step
+        return model.compute_loss(model(x), target)
+
+    before = loss_now()
+    before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = loss_now()
+    assert before.ndim == 0 and torch.isfinite(before)
+    assert after < before
+
+
+def test_train_outputs_are_the_raw_set_predictions(model):
+    out = model.train()(torch.randn(2, 3, 56, 56))
+    assert out["class_queries_logits"].shape == (2, 8, 3 + 1)  # + "no object"
+    assert out["masks_queries_logits"].shape == (2, 8, 16, 16)  # 4x the 14-px patch grid
+    assert len(out["auxiliary_outputs"]) == 2  # one per earlier decoder layer (deep supervision)
+
+
+def test_every_parameter_gets_a_gradient_from_the_loss(model):
+    x, target = _batch()
+    model.compute_loss(model(x), target).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+@pytest.mark.parametrize("size", [(56, 70), (14, 14), (131, 97)])
+def test_eval_returns_log_probabilities_at_the_input_size(model, size):
+    model.eval()
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        logits = model(x)
+        outputs = model.decode_head(model.neck(model.backbone(model._pad_to_patch_multiple(x))))
+    assert logits.shape == (2, 3, *size) and torch.isfinite(logits).all()
+    # by construction: normalised class scores, so the probabilities sum to 1 at every pixel
+    torch.testing.assert_close(logits.exp().sum(1), torch.ones(2, *size))
+    torch.testing.assert_close(logits.softmax(1), logits.exp(), atol=1e-6, rtol=1e-5)
+    # argmax = Mask2Former's semantic inference: sum over queries of P(class) x P(mask)
+    scores = model.decode_head.semantic_probabilities(outputs)
+    padded = (-(-size[0] // 14) * 14, -(-size[1] // 14) * 14)
+    scores = F.interpolate(scores, size=padded, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
+    assert (logits.argmax(1) == scores.argmax(1)).float().mean() > 0.999
+
+
+def test_same_stride_neck_works(tiny):
+    model = segzoo.create_model("mask2former_dinov3_small", num_classes=2, neck="none", **tiny, **TINY_M2F)
+    x, target = torch.randn(2, 3, 48, 64), torch.randint(0, 2, (2, 48, 64))
+    assert torch.isfinite(model.compute_loss(model(x), target))
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 2, 48, 64)
+
+
+def test_channel_dimension_target_accepted_and_in_chans(tiny):
+    model = segzoo.create_model("mask2former_dinov3_base", num_classes=2, in_chans=1, **tiny, **TINY_M2F)
+    x, target = torch.randn(2, 1, 40, 40), torch.randint(0, 2, (2, 1, 40, 40))
+    assert torch.isfinite(model.compute_loss(model(x), target))
+
+
+def test_loss_errors_name_the_fix(model):
+    x, target = _batch()
+    outputs = model(x)
+    with pytest.raises(ValueError, match=r"class ids must lie in \[0, 2\].*\[0, 10\]"):
+        model.compute_loss(outputs, target * 5)
+    with pytest.raises(TypeError, match=r"integer tensor.*target.long\(\)"):
+        model.compute_loss(outputs, target.float())
+    with pytest.raises(ValueError, match=r"shape \(B, H, W\) with B=2"):
+        model.compute_loss(outputs, target[0])
+    with torch.no_grad():
+        logits = model.eval()(x)
+    with pytest.raises(TypeError, match=r"model.train\(\)"):
+        model.compute_loss(logits, target)
+
+
+def test_head_options_are_checked(tiny):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        segzoo.create_model("mask2former_dinov2_small", num_classes=2, backbone_kwargs=tiny["backbone_kwargs"],
+                            decoder_hidden_size=48)
+    with pytest.raises(ValueError, match="num_queries must be an integer >= 1"):
+        segzoo.create_model("mask2former_dinov2_small", num_classes=2, **tiny, num_queries=0)
+
+
+def test_full_size_defaults_and_rebuild_kwargs():
+    with torch.device("meta"):
+        model = segzoo.create_model("mask2former_dinov3_large", num_classes=4, num_queries=50)
+    config = model.decode_head.config
+    assert (config.hidden_dim, config.decoder_layers, config.encoder_layers) == (256, 10, 6)
+    assert model.decode_head.transformer_module.queries_features.num_embeddings == 50
+    assert model.model_kwargs == {"num_classes": 4, "in_chans": 3, "num_queries": 50}
+    assert callable(model.compute_loss)
