@@ -34,6 +34,8 @@ def build_segmenter(
     backbone_kwargs: dict[str, Any] | None = None,
     freeze_backbone: bool = False,
     grad_checkpointing: bool = False,
+    checkpoint_path: str | None = None,
+    checkpoint_format: str | None = None,
     **head_kwargs: Any,
 ) -> Segmenter:
     """Build ``variant`` = ``head_factory`` on the ``backbone`` family/size.
@@ -41,7 +43,8 @@ def build_segmenter(
     Common keyword arguments of every zoo model: ``num_classes``, ``in_chans``,
     ``neck`` ("pyramid" | "none"), ``feature_indices``, ``drop_path_rate``,
     ``backbone_kwargs`` (passed to timm, e.g. tiny test sizes), ``freeze_backbone``,
-    ``grad_checkpointing``. Everything else goes to the head.
+    ``grad_checkpointing``, ``checkpoint_path`` / ``checkpoint_format`` (backbone weights
+    in their original published layout). Everything else goes to the head.
     """
     _check_positive_int("num_classes", num_classes, "the number of classes, background included")
     _check_positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
@@ -55,6 +58,8 @@ def build_segmenter(
         feature_indices=feature_indices,
         drop_path_rate=drop_path_rate,
         backbone_kwargs=backbone_kwargs,
+        checkpoint_path=checkpoint_path,
+        checkpoint_format=checkpoint_format,
     )
     neck_module = create_neck(neck, vit.out_channels)
     head = head_factory(neck_module.out_channels, num_classes, **head_kwargs)
