@@ -202,7 +202,11 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in state if k in expected and state[k].shape != expected[k].shape
     ]
-    _raise_on_problems(report, hint="the file was saved from a model built with other options than config.json says")
+    _raise_on_problems(
+        report,
+        hint="The saved weights do not fit the rebuilt model: an override changed a shape (to change num_classes, "
+        "reload as saved and replace the classifier), or config.json does not belong to these weights",
+    )
     model.load_state_dict(dict(state), strict=True)
     report.loaded = sorted(state)
     if verbose:
