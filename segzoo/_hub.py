@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,7 @@ def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **ove
         state = load_file(weights_file, device="cpu")
     except Exception as err:
         raise CheckpointError(f"could not read {weights_file!r}: truncated or corrupted safetensors file ({err})") from err
+    _restore_shared_names(model, state)
     load_state_dict_strict(model, state, source=where, verbose=verbose)
     return model
 
@@ -124,8 +126,13 @@ def download_backbone_weights(spec: BackboneSpec, source: WeightsSource) -> str:
     their own repo and file. Gated, missing and offline-uncached files raise
     :class:`HubAccessError` saying how to get access or use ``checkpoint_path``.
     """
-    repo_id = source.hf_hub_id or f"timm/{spec.timm_arch}.{source.timm_tag}"
-    filename = source.hf_hub_filename or WEIGHTS_NAME
+    repo_id, filename = source.hf_hub_id, source.hf_hub_filename
+    if repo_id is None:  # timm-hosted: timm's own pretrained config names the repo
+        import timm
+
+        timm_cfg = timm.models.get_pretrained_cfg(f"{spec.timm_arch}.{source.timm_tag}")
+        repo_id = (timm_cfg.hf_hub_id if timm_cfg else None) or f"timm/{spec.timm_arch}.{source.timm_tag}"
+    filename = filename or WEIGHTS_NAME
     return _hub_download(repo_id, filename, what=f"{spec.name} weights {source.tag!r}", gated=source.gated)
 
 
@@ -161,6 +168,18 @@ def _hub_download(repo_id: str, filename: str, what: str, gated: bool = False, r
                 f"Download it once while online, {fallback}"
             ) from err
         raise HubAccessError(f"{what}: {repo_id} has no file {filename!r} ({page}); {fallback}") from err
+
+
+def _restore_shared_names(model: nn.Module, state: dict[str, Any]) -> None:
+    """safetensors stores a tensor shared by several names (tied weights) once; give every name its value."""
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.numel():
+            groups.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
+    for names in groups.values():
+        present = [n for n in names if n in state]
+        for name in names if present and len(names) > 1 else []:
+            state.setdefault(name, state[present[0]])
 
 
 def _resolve_saved_files(name: str) -> tuple[str, str, str]:
@@ -217,15 +236,17 @@ def _model_card(config: dict[str, Any]) -> str:
     licence = cfg.get("license") or "unknown"
     hf_license = licence if licence in ("apache-2.0", "mit", "cc-by-nc-4.0", "cc-by-4.0") else "other"
     backbone = cfg.get("backbone", "?")
+    family = backbone.split("_")[0]
     tag = config["model_kwargs"].get("pretrained_tag")
     header = ["---", "library_name: segzoo", "pipeline_tag: image-segmentation", f"license: {hf_license}"]
-    if hf_license == "other":
-        header.append(f"license_name: {json.dumps(licence)}")
-    header += ["tags:", "- segzoo", "- semantic-segmentation", f"- {backbone.split('_')[0]}", "---", ""]
+    if hf_license == "other":  # the Hub wants a slug here; the full terms go in the table below
+        header.append(f"license_name: {licence if re.fullmatch(r'[a-z0-9-]+', licence) else family + '-license'}")
+    header += ["tags:", "- segzoo", "- semantic-segmentation", f"- {family}", "---", ""]
     body = [
         f"# {config['architecture']}",
         "",
-        f"A semantic-segmentation model from [segzoo](https://github.com/) (version {config['segzoo_version']}).",
+        f"A semantic-segmentation model saved by segzoo {config['segzoo_version']}: a ViT foundation backbone, "
+        "a multi-scale neck and a decode head, mapping (B, in_chans, H, W) images to (B, classes, H, W) logits.",
         "",
         "| | |",
         "|---|---|",

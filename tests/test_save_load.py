@@ -77,3 +77,10 @@ def test_whole_model_file_as_backbone_checkpoint_points_to_create_model(tiny, tm
     segzoo.save_pretrained(segzoo.create_model("segformer_dinov2_small", num_classes=3, **tiny), tmp_path)
     with pytest.raises(segzoo.CheckpointError, match="whole segzoo model.*segzoo.create_model"):
         segzoo.create_model("segformer_dinov2_small", num_classes=3, checkpoint_path=tmp_path / "model.safetensors", **tiny)
+
+
+def test_model_card_licence_metadata_is_a_hub_slug(tiny, tmp_path):
+    model = segzoo.create_model("segformer_visionfm_base.fundus", num_classes=2, **tiny)
+    card = (segzoo.save_pretrained(model, tmp_path) / "README.md").read_text()
+    assert "license: other\nlicense_name: visionfm-license\n" in card
+    assert "| base weights licence | see https://github.com/ABILab-CUHK/VisionFM (research use) |" in card
