@@ -253,11 +253,15 @@ def _resolve_format(checkpoint_format: str | None, raw: Mapping[str, Any]) -> st
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The tensor dict inside the usual training-checkpoint containers."""
+    """The tensor dict inside the usual training-checkpoint containers, without a DDP ``module.`` prefix."""
+    state = dict(checkpoint)
     for key in ("model_ema", "model", "module", "state_dict"):
         if isinstance(checkpoint.get(key), Mapping):
-            return dict(checkpoint[key])
-    return dict(checkpoint)
+            state = dict(checkpoint[key])
+            break
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def _to_timm_layout(raw: dict[str, Any], fmt: str, model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], list[str]]:

@@ -25,6 +25,7 @@ from tests.hub_server import APPROVED_TOKEN, LocalHub
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2), decoder_hidden_size=32)
 DINOV3_REPO = "timm/vit_base_patch16_dinov3.lvd1689m"
+SAT_REPO = "timm/vit_large_patch16_dinov3.sat493m"
 RETFOUND_REPO = "YukunZhou/RETFound_mae_natureCFP"
 PUSHED_REPO = "me/tiny-fundus-segformer"
 
@@ -56,6 +57,10 @@ CLIENT = textwrap.dedent(
     def dinov3():
         m = segzoo.create_model("segformer_dinov3_base", pretrained=True, num_classes=3, **tiny)
         return {"max_diff": max_diff(m, os.path.join(ref_dir, "dinov3.safetensors"))}
+
+    def tagged():
+        m = segzoo.create_model("segformer_dinov3_large.sat493m", pretrained=True, num_classes=3, **tiny)
+        return {"max_diff": max_diff(m, os.path.join(ref_dir, "sat493m.safetensors")), "tag": m.pretrained_cfg["tag"]}
 
     def retfound():
         m = segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2, **tiny)
@@ -89,6 +94,7 @@ CLIENT = textwrap.dedent(
     STEPS = {
         "download": dinov3,
         "cache_hit": dinov3,
+        "tagged": tagged,
         "missing": lambda: segzoo.create_model("segformer_dinov2_small", pretrained=True, num_classes=2, **tiny),
         "gated_no_token": retfound,
         "gated_no_access": with_token("hf_not_approved", retfound),
@@ -128,14 +134,16 @@ def hub_session(tmp_path_factory):
     dinov3 = {k: v.contiguous() for k, v in source_vit("dinov3_base").state_dict().items()}
     retfound = source_vit("retfound_large").state_dict()
     save_file(dinov3, str(tmp / "dinov3.safetensors"))
+    save_file({k: v.contiguous() for k, v in source_vit("dinov3_large").state_dict().items()}, str(tmp / "sat493m.safetensors"))
     save_file({k: v.contiguous() for k, v in retfound.items()}, str(tmp / "retfound.safetensors"))
     torch.save(mae_checkpoint(retfound), tmp / "retfound.pth")
     with LocalHub() as hub:
         hub.add_file(DINOV3_REPO, "model.safetensors", (tmp / "dinov3.safetensors").read_bytes())
+        hub.add_file(SAT_REPO, "model.safetensors", (tmp / "sat493m.safetensors").read_bytes())
         hub.add_file(RETFOUND_REPO, "RETFound_mae_natureCFP.pth", (tmp / "retfound.pth").read_bytes(), gated=True)
         online = _run_client(
             hub, tmp / "hf", tmp,
-            ["download", "cache_hit", "missing", "gated_no_token", "gated_no_access", "gated_approved",
+            ["download", "cache_hit", "tagged", "missing", "gated_no_token", "gated_no_access", "gated_approved",
              "push", "reload_pushed"], offline=False,
         )
         log_after_online = list(hub.log)
@@ -157,6 +165,13 @@ def test_second_load_is_a_cache_hit(hub_session):
     resolve = f"/{DINOV3_REPO}/resolve/main/model.safetensors"
     gets = [p for m, p in hub_session["log_online"] if m == "GET" and p == resolve]
     assert len(gets) == 1  # the second create_model only revalidated (HEAD), never re-downloaded
+
+
+def test_pretrained_tag_picks_the_weights(hub_session):
+    step = hub_session["online"]["tagged"]
+    assert step["ok"], step
+    assert step["max_diff"] == 0.0 and step["tag"] == "sat493m"
+    assert ("GET", f"/{SAT_REPO}/resolve/main/model.safetensors") in hub_session["log_online"]
 
 
 def test_offline_mode_works_from_the_cache_without_any_request(hub_session):

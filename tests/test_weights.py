@@ -40,6 +40,10 @@ LAYOUTS = {
         ".pth", "dino_teacher",
     ),
     "timm_safetensors": ("segformer_dinov3_small", "dinov3_small", lambda s, m: s, ".safetensors", "timm"),
+    "timm_ddp_training_pth": (
+        "segformer_dinov2_small", "dinov2_small",
+        lambda s, m: {"state_dict": {"module." + k: v for k, v in s.items()}, "epoch": 3}, ".pth", "timm",
+    ),
 }
 
 
