@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from ._registry import get_pretrained_cfg, model_entrypoint, split_model_name_tag
+from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
 
 __all__ = ["create_model"]
 
@@ -85,7 +85,8 @@ def create_model(
 
 
 def _looks_like_path(name: str) -> bool:
-    """Registered names never hold a path separator; a name that does must be a folder."""
+    """Registered names never hold a path separator; a name that does must be a folder.
+    A bare name is a folder only if no model is registered under it."""
     if os.sep in name or "/" in name or name.startswith((".", "~")):
         return True
-    return Path(name).is_dir()
+    return not is_model(name) and Path(name).is_dir()

@@ -289,11 +289,9 @@ def _to_timm_layout(raw: dict[str, Any], fmt: str, model: nn.Module, source: str
 
 
 def _strip_teacher_prefix(teacher: dict[str, Any], dropped: list[str], source: str) -> dict[str, Any]:
-    for prefix in ("module.backbone.", "backbone.", "module.", ""):
-        if prefix and any(k.startswith(prefix) for k in teacher):
-            break
-    else:
-        prefix = ""
+    """Keep the encoder (``backbone.`` / ``module.backbone.`` keys); the rest are projection heads."""
+    prefixes = ("module.backbone.", "backbone.", "module.")
+    prefix = next((p for p in prefixes if any(k.startswith(p) for k in teacher)), "")
     if not prefix:
         return teacher
     kept = {k[len(prefix):]: v for k, v in teacher.items() if k.startswith(prefix)}
