@@ -2,6 +2,7 @@
 
 from . import models  # noqa: F401  (registers every model)
 from ._factory import create_model
+from ._hub import HubAccessError, load_pretrained, push_to_hub, save_pretrained
 from ._registry import (
     PretrainedCfg,
     UnknownModelError,
@@ -12,20 +13,29 @@ from ._registry import (
     model_entrypoint,
     register_model,
 )
+from ._weights import CheckpointError, LoadReport, UnsafeCheckpointError, load_backbone_checkpoint
 from .models import Segmenter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "HubAccessError",
+    "LoadReport",
     "PretrainedCfg",
     "Segmenter",
     "UnknownModelError",
+    "UnsafeCheckpointError",
     "__version__",
     "create_model",
     "get_pretrained_cfg",
     "is_model",
     "list_models",
     "list_pretrained",
+    "load_backbone_checkpoint",
+    "load_pretrained",
     "model_entrypoint",
+    "push_to_hub",
     "register_model",
+    "save_pretrained",
 ]

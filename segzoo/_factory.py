@@ -1,15 +1,19 @@
-"""create_model: the front door. Registered names, pretrained tags, and the checks
-that must fail early with a clear message."""
+"""create_model: the front door. Registered names, pretrained tags, saved models
+(``hf-hub:`` ids and local folders), and the checks that must fail early with a clear message."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ._registry import get_pretrained_cfg, model_entrypoint, split_model_name_tag
+from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
 
 __all__ = ["create_model"]
+
+HF_HUB_PREFIX = "hf-hub:"
 
 
 def create_model(
@@ -17,18 +21,27 @@ def create_model(
     pretrained: bool = False,
     num_classes: int | None = None,
     in_chans: int = 3,
+    checkpoint_path: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered zoo model by name.
+    """Build a registered zoo model by name, or reload a saved one.
 
     Args:
         model_name: a registered name, optionally with a pretrained tag
-            (``"segformer_dinov3_large.lvd1689m"``); see :func:`segzoo.list_models`.
-        pretrained: load the backbone's published weights (the tag's, else the
-            model's default tag); decoder weights always start fresh.
-        num_classes: number of output classes, background included.
+            (``"segformer_dinov3_large.lvd1689m"``; see :func:`segzoo.list_models`), or a
+            model saved by :func:`segzoo.save_pretrained`: ``"hf-hub:org/name"`` (optionally
+            ``"hf-hub:org/name@revision"``) or a local folder holding ``config.json``.
+        pretrained: load the backbone's published weights from the Hugging Face Hub (the
+            tag's, else the model's default tag); decoder weights always start fresh. For a
+            saved model the whole model's weights always load (as timm's ``hf-hub:``), so
+            this flag changes nothing there.
+        num_classes: number of output classes, background included (saved models: from config.json).
         in_chans: input channels; pretrained patch-embedding filters are adapted
             (timm's ``adapt_input_conv``), not the input repeated.
+        checkpoint_path: a local backbone checkpoint in its original published layout
+            (Meta's DINOv2/DINOv3 files, RETFound ``.pth``, VisionFM ``{'teacher': ...}``,
+            timm state dicts / ``.safetensors``); keys are mapped and every load is reported.
+            ``checkpoint_format=`` overrides the detected layout.
         **kwargs: model options, e.g. ``neck="none"``, ``decoder_hidden_size=128``,
             ``feature_indices=[...]``, ``backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2)``,
             ``freeze_backbone=True``, ``grad_checkpointing=True``.
@@ -36,17 +49,44 @@ def create_model(
     Returns:
         a :class:`segzoo.Segmenter` mapping ``(B, in_chans, H, W)`` to ``(B, num_classes, H, W)``.
     """
+    if isinstance(model_name, os.PathLike):
+        model_name = os.fspath(model_name)
     if not isinstance(model_name, str) or not model_name:
         raise TypeError(f"model_name must be a non-empty string, got {model_name!r}")
+    if model_name.startswith(HF_HUB_PREFIX) or _looks_like_path(model_name):
+        if checkpoint_path is not None:
+            raise ValueError(
+                f"{model_name!r} is a saved segzoo model with its own weights; checkpoint_path is for backbone files"
+            )
+        from ._hub import load_pretrained
+
+        overrides = dict(kwargs)
+        if num_classes is not None:
+            overrides["num_classes"] = num_classes
+        if in_chans != 3:
+            overrides["in_chans"] = in_chans
+        return load_pretrained(model_name, **overrides)
     arch, tag = split_model_name_tag(model_name)
     entrypoint = model_entrypoint(arch)  # unknown name -> error naming the closest names
     if tag:
         get_pretrained_cfg(model_name)  # unknown tag -> error listing the model's tags
+    if checkpoint_path is not None:
+        kwargs["checkpoint_path"] = os.fspath(checkpoint_path)
     model = entrypoint(
         pretrained=pretrained, pretrained_tag=tag or None, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
     model.model_name = arch
-    model.model_kwargs = dict(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    # what rebuilds the architecture; the weights' origin (pretrained/checkpoint) is not part of it
+    rebuild = {k: v for k, v in kwargs.items() if k not in ("checkpoint_path", "checkpoint_format")}
+    model.model_kwargs = dict(num_classes=num_classes, in_chans=in_chans, **rebuild)
     if tag:
         model.model_kwargs["pretrained_tag"] = tag
     return model
+
+
+def _looks_like_path(name: str) -> bool:
+    """Registered names never hold a path separator; a name that does must be a folder.
+    A bare name is a folder only if no model is registered under it."""
+    if os.sep in name or "/" in name or name.startswith((".", "~")):
+        return True
+    return not is_model(name) and Path(name).is_dir()

@@ -53,6 +53,13 @@ def test_integer_input_rejected(model):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
 
 
-def test_pretrained_from_non_timm_source_points_to_checkpoint_path(tiny):
-    with pytest.raises(ValueError, match="checkpoint_path"):
+def test_pretrained_from_off_hub_source_points_to_checkpoint_path(tiny):
+    with pytest.raises(ValueError, match="not on the Hugging Face Hub.*checkpoint_path"):
+        segzoo.create_model("segformer_visionfm_base.fundus", pretrained=True, num_classes=2, **tiny)
+
+
+def test_pretrained_gated_file_offline_and_uncached_points_to_checkpoint_path(tiny, tmp_path, monkeypatch):
+    # conftest sets HF_HUB_OFFLINE=1: RETFound's gated .pth is not cached -> say how to proceed
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(segzoo.HubAccessError, match="RETFound_mae_natureCFP.*not in the Hugging Face cache.*checkpoint_path"):
         segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2, **tiny)

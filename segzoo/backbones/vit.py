@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import timm
 import torch
 from torch import nn
 
-from .specs import BackboneSpec, default_feature_indices
+from .specs import BackboneSpec, WeightsSource, default_feature_indices
 
 __all__ = ["ViTBackbone", "create_vit_backbone"]
 
@@ -38,6 +39,8 @@ class ViTBackbone(nn.Module):
         self.embed_dim = int(model.embed_dim)
         self.in_chans = int(model.patch_embed.proj.in_channels)
         self.out_channels = [self.embed_dim] * len(self.feature_indices)
+        # depth before pruning: checkpoint blocks in [depth, source_depth) are unused on purpose
+        self.source_depth = depth
         self._drop_unused_parameters()
 
     @property
@@ -72,40 +75,63 @@ def create_vit_backbone(
     drop_path_rate: float = 0.0,
     backbone_kwargs: dict[str, Any] | None = None,
     img_size: tuple[int, int] | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_format: str | None = None,
 ) -> ViTBackbone:
-    """Build the timm ViT of ``spec`` and wrap it.
+    """Build the timm ViT of ``spec``, wrap (and prune) it, then load its weights.
 
     ``backbone_kwargs`` go to :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64,
-    num_heads=2`` for a tiny test model). ``pretrained`` uses timm's Hub download of
-    the tag's timm-hosted weights; other sources load through ``checkpoint_path``.
+    num_heads=2`` for a tiny test model). ``pretrained`` downloads the tag's weights from
+    the Hub (timm's ungated copies, or the original file of a gated repo such as
+    RETFound's); ``checkpoint_path`` loads a local file in its original layout. Both go
+    through :func:`segzoo._weights.load_backbone_checkpoint`, which prints a load report
+    and refuses partial loads. Weights load after pruning, so the unused final norm and
+    late blocks are never materialised twice.
     ``img_size`` fixes the input size (a multiple of the patch size): position
     embeddings are resampled once at build time instead of at every call, which is
     what ``torch.compile`` needs; ``None`` keeps timm's ``dynamic_img_size``.
     """
+    if pretrained and checkpoint_path is not None:
+        raise ValueError(
+            "pass either pretrained=True (download the published weights) or checkpoint_path=... (a local file), not both"
+        )
     kwargs: dict[str, Any] = dict(spec.timm_kwargs)
     kwargs.update(backbone_kwargs or {})
     depth = int(kwargs.get("depth", spec.depth))
     indices = list(feature_indices) if feature_indices is not None else (
         spec.feature_indices if depth == spec.depth else default_feature_indices(depth)
     )
-    timm_name = spec.timm_arch
-    if pretrained:
-        source = next((w for w in spec.weights if w.tag == pretrained_tag), None) if pretrained_tag else spec.weights[0]
-        if source is None or source.timm_tag is None:
-            raise ValueError(
-                f"{spec.name} weights {pretrained_tag!r} are not hosted by timm; download them from "
-                f"{(source.hf_hub_id or source.url) if source else spec.source} and pass checkpoint_path=..."
-            )
-        timm_name = f"{spec.timm_arch}.{source.timm_tag}"
+    source = _weights_source(spec, pretrained_tag) if pretrained else None
     if img_size is not None:
         kwargs["img_size"] = tuple(img_size)
     model = timm.create_model(
-        timm_name,
-        pretrained=pretrained,
+        spec.timm_arch,
+        pretrained=False,
         num_classes=0,
         in_chans=in_chans,
         dynamic_img_size=img_size is None,
         drop_path_rate=drop_path_rate,
         **kwargs,
     )
-    return ViTBackbone(model, indices, spec)
+    backbone = ViTBackbone(model, indices, spec)
+    if source is not None or checkpoint_path is not None:
+        from .._hub import download_backbone_weights
+        from .._weights import load_backbone_checkpoint
+
+        if source is not None:
+            checkpoint_path = download_backbone_weights(spec, source)
+            checkpoint_format = checkpoint_format or source.checkpoint_format
+        load_backbone_checkpoint(backbone, checkpoint_path, checkpoint_format=checkpoint_format)
+    return backbone
+
+
+def _weights_source(spec: BackboneSpec, tag: str | None) -> WeightsSource:
+    source = next((w for w in spec.weights if w.tag == tag), None) if tag else (spec.weights[0] if spec.weights else None)
+    if source is None:
+        raise ValueError(f"{spec.name} has no published weights registered{f' for tag {tag!r}' if tag else ''}")
+    if source.timm_tag is None and source.hf_hub_id is None:
+        raise ValueError(
+            f"{spec.name} weights {source.tag!r} are not on the Hugging Face Hub; download them from "
+            f"{source.url or spec.source} and pass checkpoint_path=... (pretrained=False)"
+        )
+    return source

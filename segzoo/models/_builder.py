@@ -36,6 +36,8 @@ def build_segmenter(
     grad_checkpointing: bool = False,
     img_size: int | tuple[int, int] | None = None,
     segmenter_cls: type[Segmenter] = Segmenter,
+    checkpoint_path: str | None = None,
+    checkpoint_format: str | None = None,
     **head_kwargs: Any,
 ) -> Segmenter:
     """Build ``variant`` = ``head_factory`` on the ``backbone`` family/size.
@@ -43,9 +45,10 @@ def build_segmenter(
     Common keyword arguments of every zoo model: ``num_classes``, ``in_chans``,
     ``neck`` ("pyramid" | "none"), ``feature_indices``, ``drop_path_rate``,
     ``backbone_kwargs`` (passed to timm, e.g. tiny test sizes), ``freeze_backbone``,
-    ``grad_checkpointing``, ``img_size`` (fix the input size, for ``torch.compile``).
-    Everything else goes to the head. ``segmenter_cls`` is chosen by the decoder's
-    model file (e.g. a mask-classification head needs
+    ``grad_checkpointing``, ``img_size`` (fix the input size, for ``torch.compile``),
+    ``checkpoint_path`` / ``checkpoint_format`` (backbone weights in their original
+    published layout). Everything else goes to the head. ``segmenter_cls`` is chosen by
+    the decoder's model file (e.g. a mask-classification head needs
     :class:`~segzoo.models.MaskClassificationSegmenter`), never by users.
     """
     _check_positive_int("num_classes", num_classes, "the number of classes, background included")
@@ -63,6 +66,8 @@ def build_segmenter(
         drop_path_rate=drop_path_rate,
         backbone_kwargs=backbone_kwargs,
         img_size=fixed_size,
+        checkpoint_path=checkpoint_path,
+        checkpoint_format=checkpoint_format,
     )
     neck_module = create_neck(neck, vit.out_channels)
     head = head_factory(neck_module.out_channels, num_classes, **head_kwargs)

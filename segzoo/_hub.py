@@ -1,0 +1,269 @@
+"""The Hugging Face Hub side: download backbone weights, and save / reload / push whole models.
+
+A saved model is a folder (or Hub repo) with ``config.json`` (registered name, the kwargs
+that rebuild it, segzoo version, pretrained config), ``model.safetensors`` (every weight)
+and a generated ``README.md`` model card. Reloading rebuilds the architecture by name and
+loads the weights strictly, so a model trained anywhere reloads anywhere.
+
+Downloads go through :func:`huggingface_hub.hf_hub_download`: the standard cache
+(``HF_HOME`` / ``HF_HUB_CACHE``), its progress bars, tokens and ``HF_HUB_OFFLINE=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import huggingface_hub
+from huggingface_hub import errors as hf_errors
+from torch import nn
+
+if TYPE_CHECKING:
+    from .backbones.specs import BackboneSpec, WeightsSource
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "HubAccessError",
+    "download_backbone_weights",
+    "load_pretrained",
+    "push_to_hub",
+    "save_pretrained",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_CARD_NAME = "README.md"
+FORMAT_VERSION = 1
+_HF_HUB_PREFIX = "hf-hub:"
+
+
+class HubAccessError(OSError):
+    """A Hub file that cannot be fetched: gated, missing, or not cached while offline."""
+
+
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_directory``.
+
+    The model must come from :func:`segzoo.create_model` (it records the registered name
+    and kwargs that rebuild it). Returns the folder.
+    """
+    from safetensors.torch import save_model
+
+    config = _model_config(model)
+    folder = Path(save_directory).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+    save_model(model, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "segzoo_model": config["architecture"]})
+    (folder / MODEL_CARD_NAME).write_text(_model_card(config))
+    return folder
+
+
+def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **overrides: Any) -> nn.Module:
+    """Rebuild a saved model from a local folder or ``"hf-hub:org/name[@revision]"`` and load it strictly.
+
+    ``overrides`` replace saved kwargs that do not change the weights' shapes (e.g.
+    ``freeze_backbone=True``); shape-changing ones make the strict load fail, naming the keys.
+    """
+    from safetensors.torch import load_file
+
+    from ._factory import create_model
+    from ._weights import CheckpointError, load_state_dict_strict
+
+    config_file, weights_file, where = _resolve_saved_files(os.fspath(name_or_path))
+    try:
+        config = json.loads(Path(config_file).read_text())
+        arch, kwargs = config["architecture"], dict(config["model_kwargs"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{where}: {CONFIG_NAME} is not a segzoo model config ({err})") from err
+    tag = kwargs.pop("pretrained_tag", None)
+    kwargs.update(overrides)
+    model = create_model(f"{arch}.{tag}" if tag else arch, pretrained=False, **kwargs)
+    try:
+        state = load_file(weights_file, device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"could not read {weights_file!r}: truncated or corrupted safetensors file ({err})") from err
+    _restore_shared_names(model, state)
+    load_state_dict_strict(model, state, source=where, verbose=verbose)
+    return model
+
+
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    commit_message: str = "Upload segzoo model",
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+) -> Any:
+    """Save ``model`` (see :func:`save_pretrained`) and upload it to the Hub repo ``repo_id``,
+    creating the repo if needed. Returns huggingface_hub's ``CommitInfo``; the model then
+    reloads with ``segzoo.create_model("hf-hub:" + repo_id)``."""
+    api = huggingface_hub.HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="segzoo-push-") as tmp:
+        save_pretrained(model, tmp)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=tmp,
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+            repo_type="model",
+        )
+
+
+def download_backbone_weights(spec: BackboneSpec, source: WeightsSource) -> str:
+    """Fetch one published backbone file into the Hugging Face cache and return its path.
+
+    timm-hosted tags use ``timm/{arch}.{tag}``'s ``model.safetensors``; others (RETFound)
+    their own repo and file. Gated, missing and offline-uncached files raise
+    :class:`HubAccessError` saying how to get access or use ``checkpoint_path``.
+    """
+    repo_id, filename = source.hf_hub_id, source.hf_hub_filename
+    if repo_id is None:  # timm-hosted: timm's own pretrained config names the repo
+        import timm
+
+        timm_cfg = timm.models.get_pretrained_cfg(f"{spec.timm_arch}.{source.timm_tag}")
+        repo_id = (timm_cfg.hf_hub_id if timm_cfg else None) or f"timm/{spec.timm_arch}.{source.timm_tag}"
+    filename = filename or WEIGHTS_NAME
+    return _hub_download(repo_id, filename, what=f"{spec.name} weights {source.tag!r}", gated=source.gated)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _hub_download(repo_id: str, filename: str, what: str, gated: bool = False, revision: str | None = None) -> str:
+    from . import __version__
+
+    page = f"{huggingface_hub.constants.ENDPOINT}/{repo_id}"
+    fallback = "or download the file yourself and pass checkpoint_path=... (pretrained=False)"
+    try:
+        return huggingface_hub.hf_hub_download(
+            repo_id, filename, revision=revision, library_name="segzoo", library_version=__version__
+        )
+    except hf_errors.GatedRepoError as err:
+        raise HubAccessError(
+            f"{what}: {repo_id} is a gated repository. Request access at {page} (accept its licence), then log "
+            f"in with `hf auth login` or set HF_TOKEN, {fallback}"
+        ) from err
+    except hf_errors.RepositoryNotFoundError as err:
+        raise HubAccessError(
+            f"{what}: repository {repo_id} was not found on {huggingface_hub.constants.ENDPOINT} (or it is private "
+            f"and your token has no access). Check the name, log in if it is private, {fallback}"
+        ) from err
+    except hf_errors.RevisionNotFoundError as err:
+        raise HubAccessError(f"{what}: revision {revision!r} of {repo_id} does not exist ({page})") from err
+    except hf_errors.EntryNotFoundError as err:
+        if isinstance(err, hf_errors.LocalEntryNotFoundError):
+            raise HubAccessError(
+                f"{what}: {repo_id}/{filename} is not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) "
+                f"and the Hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). "
+                f"Download it once while online, {fallback}"
+            ) from err
+        raise HubAccessError(f"{what}: {repo_id} has no file {filename!r} ({page}); {fallback}") from err
+
+
+def _restore_shared_names(model: nn.Module, state: dict[str, Any]) -> None:
+    """safetensors stores a tensor shared by several names (tied weights) once; give every name its value."""
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.numel():
+            groups.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
+    for names in groups.values():
+        present = [n for n in names if n in state]
+        for name in names if present and len(names) > 1 else []:
+            state.setdefault(name, state[present[0]])
+
+
+def _resolve_saved_files(name: str) -> tuple[str, str, str]:
+    if name.startswith(_HF_HUB_PREFIX):
+        repo_id, _, revision = name[len(_HF_HUB_PREFIX):].partition("@")
+        what = f"segzoo model {repo_id}"
+        config = _hub_download(repo_id, CONFIG_NAME, what, revision=revision or None)
+        weights = _hub_download(repo_id, WEIGHTS_NAME, what, revision=revision or None)
+        return config, weights, name
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{name!r} is neither a registered model name, an 'hf-hub:org/name' id, nor an existing folder"
+        )
+    missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{str(folder)!r} lacks {' and '.join(missing)}; a segzoo model folder is written by segzoo.save_pretrained"
+        )
+    return str(folder / CONFIG_NAME), str(folder / WEIGHTS_NAME), str(folder)
+
+
+def _model_config(model: nn.Module) -> dict[str, Any]:
+    from . import __version__
+
+    name = getattr(model, "model_name", None)
+    if not name:
+        raise ValueError(
+            "this model does not record how to rebuild it: create it with segzoo.create_model(name, ...) "
+            "so save_pretrained can write its registered name and kwargs to config.json"
+        )
+    kwargs = dict(getattr(model, "model_kwargs", {}))
+    config = {
+        "architecture": name,
+        "model_kwargs": kwargs,
+        "num_classes": kwargs.get("num_classes", getattr(model, "num_classes", None)),
+        "in_chans": kwargs.get("in_chans", getattr(model, "in_chans", 3)),
+        "segzoo_version": __version__,
+        "format_version": FORMAT_VERSION,
+        "pretrained_cfg": dict(getattr(model, "pretrained_cfg", {})),
+    }
+    try:
+        json.dumps(config)
+    except TypeError as err:
+        raise ValueError(
+            f"cannot write config.json: a model kwarg is not JSON-serialisable ({err}); pass plain "
+            "numbers, strings, lists and dicts to create_model"
+        ) from err
+    return config
+
+
+def _model_card(config: dict[str, Any]) -> str:
+    cfg = config["pretrained_cfg"]
+    licence = cfg.get("license") or "unknown"
+    hf_license = licence if licence in ("apache-2.0", "mit", "cc-by-nc-4.0", "cc-by-4.0") else "other"
+    backbone = cfg.get("backbone", "?")
+    family = backbone.split("_")[0]
+    tag = config["model_kwargs"].get("pretrained_tag")
+    header = ["---", "library_name: segzoo", "pipeline_tag: image-segmentation", f"license: {hf_license}"]
+    if hf_license == "other":  # the Hub wants a slug here; the full terms go in the table below
+        header.append(f"license_name: {licence if re.fullmatch(r'[a-z0-9-]+', licence) else family + '-license'}")
+    header += ["tags:", "- segzoo", "- semantic-segmentation", f"- {family}", "---", ""]
+    body = [
+        f"# {config['architecture']}",
+        "",
+        f"A semantic-segmentation model saved by segzoo {config['segzoo_version']}: a ViT foundation backbone, "
+        "a multi-scale neck and a decode head, mapping (B, in_chans, H, W) images to (B, classes, H, W) logits.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | `{config['architecture']}` |",
+        f"| backbone | `{backbone}` (timm `{cfg.get('timm_arch', '?')}`{f', weights `{tag}`' if tag else ''}) |",
+        f"| classes | {config['num_classes']} |",
+        f"| input channels | {config['in_chans']} |",
+        f"| input normalisation | mean {cfg.get('mean')}, std {cfg.get('std')} |",
+        f"| base weights licence | {licence} |",
+        f"| base weights source | {cfg.get('source', '')} |",
+        "",
+        "The fine-tuned weights inherit the terms of the base weights' licence.",
+        "",
+        "```python",
+        "import segzoo",
+        'model = segzoo.create_model("hf-hub:<this repo>")  # or the local folder',
+        "```",
+        "",
+    ]
+    return "\n".join(header + body)

@@ -1,0 +1,94 @@
+"""Checkpoints in the original published layouts, written from a tiny timm source model
+with the key names the real files use (Meta DINOv2/DINOv3, MAE/RETFound, DINO-teacher/VisionFM)."""
+
+from __future__ import annotations
+
+import argparse
+
+import timm
+import torch
+
+from segzoo.backbones import get_backbone_spec
+
+TINY_BACKBONE = dict(depth=2, embed_dim=64, num_heads=2)  # as conftest's `tiny`
+
+
+def source_vit(backbone: str, **overrides) -> torch.nn.Module:
+    """The unpruned timm ViT a published file was saved from, at test size, with random
+    weights everywhere (layer scale and biases included, so a dropped key would show)."""
+    spec = get_backbone_spec(backbone)
+    kwargs = {**spec.timm_kwargs, **TINY_BACKBONE, **overrides}
+    model = timm.create_model(spec.timm_arch, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+# -- writers of the original layouts ------------------------------------------------------------
+
+
+def meta_dinov2(state: dict, registers: bool = False, swiglu: bool = False) -> dict:
+    """Meta's hub files (dinov2_vit*14[_reg4]_pretrain.pth): a flat state dict with mask_token;
+    register models keep the class position inside pos_embed and name registers register_tokens."""
+    out = {}
+    for k, v in state.items():
+        if swiglu:
+            k = k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3.")
+        out[k] = v.clone()
+    dim = state["cls_token"].shape[-1]
+    out["mask_token"] = torch.randn(1, dim)
+    if registers:
+        cls_pos = torch.randn(1, 1, dim)
+        out["register_tokens"] = out.pop("reg_token")
+        out["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
+        out["cls_token"] = state["cls_token"] - cls_pos
+    return out
+
+
+def meta_dinov3(state: dict, num_heads: int) -> dict:
+    """Meta's DINOv3 files (dinov3_vit*16_pretrain_lvd1689m-*.pth)."""
+    out = {}
+    dim = state["cls_token"].shape[-1]
+    for k, v in state.items():
+        k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        out[k] = v.clone()
+        if k.endswith("attn.qkv.weight"):
+            out[k.replace("weight", "bias")] = torch.zeros(3 * dim)  # distilled models: all-zero qkv bias
+            out[k.replace("weight", "bias_mask")] = torch.ones(3 * dim)
+    out["mask_token"] = torch.randn(1, dim)
+    out["rope_embed.periods"] = torch.rand(dim // num_heads // 4)
+    return out
+
+
+def mae_checkpoint(state: dict) -> dict:
+    """RETFound / MAE pre-training file: {'model': encoder + decoder_* + mask_token, 'args', 'epoch'}."""
+    dim = state["cls_token"].shape[-1]
+    model = {k: v.clone() for k, v in state.items()}
+    model.update({
+        "mask_token": torch.randn(1, 1, 32),
+        "decoder_embed.weight": torch.randn(32, dim),
+        "decoder_embed.bias": torch.randn(32),
+        "decoder_pos_embed": torch.randn(1, state["pos_embed"].shape[1], 32),
+        "decoder_blocks.0.norm1.weight": torch.randn(32),
+        "decoder_blocks.0.attn.qkv.weight": torch.randn(96, 32),
+        "decoder_norm.weight": torch.randn(32),
+        "decoder_pred.weight": torch.randn(16 * 16 * 3, 32),
+        "decoder_pred.bias": torch.randn(16 * 16 * 3),
+    })
+    return {"model": model, "epoch": 799, "args": argparse.Namespace(model="mae_vit_large_patch16", mask_ratio=0.75)}
+
+
+def dino_teacher(state: dict, prefix: str = "backbone.", ibot: bool = False) -> dict:
+    """VisionFM / RETFound-DINOv2 training file: {'teacher': {prefix + encoder, head.*}, 'student', ...}."""
+    teacher = {prefix + k: v.clone() for k, v in state.items()}
+    if ibot:
+        teacher[prefix + "masked_embed"] = torch.randn(1, state["cls_token"].shape[-1])
+    head = "module.head." if prefix.startswith("module.") else "head."
+    teacher.update({
+        head + "mlp.0.weight": torch.randn(128, state["cls_token"].shape[-1]),
+        head + "mlp.0.bias": torch.randn(128),
+        head + "last_layer.weight_g": torch.randn(256, 1),
+        head + "last_layer.weight_v": torch.randn(256, 128),
+    })
+    return {"teacher": teacher, "epoch": 100, "args": argparse.Namespace(arch="vit_base")}
