@@ -136,8 +136,25 @@ def test_fine_tuned_tag_sets_class_count_and_rebuild_kwargs():
     assert model.model_name == "segformer_mit_b0" and model.model_kwargs["pretrained_tag"] == "ade20k"
 
 
+def test_create_model_loads_a_transformers_file_through_checkpoint_path(tmp_path, capsys):
+    source = segzoo.create_model("segformer_mit_b0", num_classes=3, **TINY_MIT).eval()
+    reference = _reference(source)
+    reference.save_pretrained(tmp_path)
+    model = segzoo.create_model("segformer_mit_b0", num_classes=3, checkpoint_path=tmp_path / "model.safetensors",
+                                **TINY_MIT).eval()
+    assert "0 left as initialised" in capsys.readouterr().out
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _upsampled_reference_logits(reference, x), atol=1e-5, rtol=0)
+    # another class count: everything but the final classifier loads, and the report says so
+    other = segzoo.create_model("segformer_mit_b0", num_classes=2, checkpoint_path=tmp_path, **TINY_MIT)
+    assert "classifier re-initialised for 2 classes" in capsys.readouterr().out
+    torch.testing.assert_close(other.decode_head.linear_fuse.weight, reference.decode_head.linear_fuse.weight)
+
+
 def test_errors_name_the_fix():
-    with pytest.raises(ValueError, match="checkpoint_path"):
+    # offline (the test default) and not cached: the Hub error names the checkpoint_path way
+    with pytest.raises(OSError, match="checkpoint_path"):
         segzoo.create_model("segformer_mit_b0", pretrained=True, num_classes=2)
     with pytest.raises(ValueError, match="takes no neck"):
         segzoo.create_model("segformer_mit_b0", num_classes=2, neck="pyramid")

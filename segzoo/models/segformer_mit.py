@@ -147,12 +147,16 @@ def _create_segformer_mit(
     backbone_kwargs: dict[str, Any] | None = None,
     freeze_backbone: bool = False,
     grad_checkpointing: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_format: str | None = None,
 ) -> Segmenter:
     """Options: ``decoder_hidden_size`` (default 256 for b0/b1, 768 for b2-b5),
     ``dropout`` (0.1), ``drop_path_rate`` (0.1), ``backbone_kwargs`` (any
     ``SegformerConfig`` encoder field, e.g. tiny test sizes), ``freeze_backbone``,
     ``grad_checkpointing``. ``num_classes`` defaults to the fine-tuned tag's (150 for
-    ADE20K, 19 for Cityscapes)."""
+    ADE20K, 19 for Cityscapes). ``pretrained=True`` downloads the tag's transformers
+    file from the Hub; ``checkpoint_path`` loads a local one (encoder-only or full); the
+    final classifier loads only when ``num_classes`` matches the checkpoint's."""
     tag_cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
     if num_classes is None and pretrained_tag:
         num_classes = tag_cfg.extra.get("num_classes")
@@ -162,17 +166,29 @@ def _create_segformer_mit(
                              f"{name} is required: pass {name}=K (the number of classes, background included)")
     if neck != "none":
         raise ValueError(f"{variant} has a hierarchical encoder (strides 4-32) and takes no neck; got neck={neck!r}")
-    if pretrained:
-        raise ValueError(
-            f"{variant}.{tag_cfg.tag} weights are transformers SegFormer files: download {tag_cfg.hf_hub_filename} "
-            f"from https://huggingface.co/{tag_cfg.hf_hub_id} and pass checkpoint_path=..."
-        )
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("pass either pretrained=True (download the tag's weights) or checkpoint_path=..., not both")
+    if checkpoint_format not in (None, CHECKPOINT_FORMAT):
+        raise ValueError(f"{variant} loads transformers SegFormer checkpoints only; got checkpoint_format={checkpoint_format!r}")
     config = mit_segformer_config(size, num_classes, in_chans, drop_path_rate, decoder_hidden_size, dropout,
                                   backbone_kwargs)
     backbone = create_mit_backbone(config)
     head = SegformerDecodeHead(config)
     model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
                       pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
+    if pretrained:
+        from .._hub import _hub_download
+
+        checkpoint_path = _hub_download(tag_cfg.hf_hub_id, tag_cfg.hf_hub_filename, what=f"{variant}.{tag_cfg.tag} weights")
+    if checkpoint_path is not None:
+        state = _read_state_dict(checkpoint_path)
+        # a fine-tuned file for other classes: keep everything but the final 1x1 classifier
+        classifier = next((v for k, v in state.items() if k.endswith("decode_head.classifier.weight")), None)
+        include_classifier = classifier is None or classifier.shape[0] == num_classes
+        report = load_transformers_segformer(model, state, include_classifier=include_classifier)
+        fresh = "" if include_classifier else f"; classifier re-initialised for {num_classes} classes"
+        print(f"segzoo: loaded {os.fspath(checkpoint_path)} (transformers SegFormer): {len(report.loaded)} tensors "
+              f"loaded, {len(report.missing)} left as initialised, {len(report.ignored)} ignored{fresh}")
     if freeze_backbone:
         model.freeze_backbone()
     if grad_checkpointing:
