@@ -1,7 +1,8 @@
 """segzoo: a timm-style zoo of segmentation models on ViT foundation backbones."""
 
-from . import models  # noqa: F401  (registers every model)
+from . import lora, models, optim  # noqa: F401  (models registers every model)
 from ._factory import create_model
+from .compat import create_segformer_model
 from ._registry import (
     PretrainedCfg,
     UnknownModelError,
@@ -22,6 +23,7 @@ __all__ = [
     "UnknownModelError",
     "__version__",
     "create_model",
+    "create_segformer_model",
     "get_pretrained_cfg",
     "is_model",
     "list_models",
