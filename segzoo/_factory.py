@@ -63,7 +63,9 @@ def _apply_lora_option(model: nn.Module, lora: Any) -> None:
     if lora is True:
         lora = {}
     if not isinstance(lora, dict):
-        raise TypeError(f"lora must be a dict such as dict(r=8, alpha=16, dropout=0.05, target_modules=['qkv']), got {lora!r}")
+        raise TypeError(
+            f"lora must be a dict such as dict(r=8, alpha=16, dropout=0.05, target_modules=['qkv']), got {lora!r}"
+        )
     allowed = {"r", "alpha", "dropout", "target_modules"}
     unknown = sorted(set(lora) - allowed)
     if unknown:

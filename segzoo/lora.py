@@ -79,7 +79,8 @@ def apply_lora(
             for param in getattr(model, part).parameters():
                 param.requires_grad = True
     model._lora_trainable_before = trainable_before  # restored by merge_lora
-    settings = dict(r=r, alpha=alpha, dropout=dropout, target_modules=targets if isinstance(targets, str) else list(targets))
+    recorded_targets = targets if isinstance(targets, str) else list(targets)
+    settings = dict(r=r, alpha=alpha, dropout=dropout, target_modules=recorded_targets)
     if isinstance(getattr(model, "model_kwargs", None), dict):
         model.model_kwargs["lora"] = settings
     return model
@@ -195,15 +196,16 @@ def load_lora_adapter(
         directory = Path(model_or_directory)
         config = _read_config(directory)
         model = _build_base(config, pretrained)
-    if has_lora(model):
-        if lora_config_of(model) != config["lora"]:
-            raise ValueError(
-                f"model already has LoRA {lora_config_of(model)} but the adapter in {directory} was saved with "
-                f"{config['lora']}; pass the base model without LoRA (or merge_lora it first)"
-            )
-    else:
-        apply_lora(model, **config["lora"])
+    if has_lora(model) and lora_config_of(model) != config["lora"]:
+        raise ValueError(
+            f"model already has LoRA {lora_config_of(model)} but the adapter in {directory} was saved with "
+            f"{config['lora']}; pass the base model without LoRA (or merge_lora it first)"
+        )
     tensors = load_file(str(directory / ADAPTER_WEIGHTS_NAME))
+    if check_base:  # before apply_lora, so a refused model is left as it was
+        _check_base(model, set(tensors), config, directory)
+    if not has_lora(model):
+        apply_lora(model, **config["lora"])
     expected = set(_adapter_state_dict(model))
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - set(model.state_dict()))
     if missing or unexpected:
@@ -211,16 +213,6 @@ def load_lora_adapter(
             f"adapter in {directory} does not fit this model: missing {missing[:5]} unexpected {unexpected[:5]}; "
             f"it was saved for {config.get('model_name')} with {config.get('model_kwargs')}"
         )
-    if check_base:
-        found = base_weights_sha256(model, exclude=set(tensors))
-        if found != config["base"]["sha256"]:
-            base = config["base"]
-            raise ValueError(
-                f"base weights differ from the ones the adapter in {directory} was trained on (sha256 {found[:12]}... "
-                f"!= {base['sha256'][:12]}...): it expects {config.get('model_name')} with weights tag "
-                f"{base.get('pretrained_tag')!r} (hub {base.get('hf_hub_id')}, checkpoint {base.get('checkpoint_path')}); "
-                "build the base with those weights, or pass check_base=False to load anyway"
-            )
     model.load_state_dict(tensors, strict=False)
     return model
 
@@ -231,16 +223,16 @@ def base_weights_sha256(model: nn.Module, exclude: set[str] | None = None) -> st
     Adapter tensors and anything in ``exclude`` are left out, and LoRA's ``base_layer.``
     is dropped from names, so a plain and a LoRA model over the same weights agree.
     """
-    exclude = exclude or set()
+    exclude = {_plain_key(name) for name in exclude or ()}
     digest = hashlib.sha256()
     items = [
-        (name, tensor)
+        (_plain_key(name), tensor)
         for name, tensor in model.state_dict().items()
-        if name.startswith("backbone.") and name not in exclude and not _is_adapter_key(name)
+        if name.startswith("backbone.") and _plain_key(name) not in exclude and not _is_adapter_key(name)
     ]
-    for name, tensor in sorted(items, key=lambda kv: kv[0].replace("base_layer.", "")):
+    for name, tensor in sorted(items, key=lambda kv: kv[0]):
         data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name.replace('base_layer.', '')}|{data.dtype}|{tuple(data.shape)}".encode())
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
         digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -274,7 +266,9 @@ def _check_lora_args(
         return r, float(alpha), float(dropout), target_modules
     targets = list(target_modules)
     if not targets or not all(isinstance(t, str) and t for t in targets):
-        raise ValueError(f"target_modules must be a non-empty list of layer names such as ['qkv'], got {target_modules!r}")
+        raise ValueError(
+            f"target_modules must be a non-empty list of layer names such as ['qkv'], got {target_modules!r}"
+        )
     return r, float(alpha), float(dropout), targets
 
 
@@ -290,6 +284,23 @@ def _check_targets_exist(timm_model: nn.Module, targets: list[str] | str) -> Non
             f"LoRA target_modules {unknown} match no linear layer of the backbone; "
             f"available linear layers: {available} (e.g. target_modules=['qkv'] for the attention projection)"
         )
+
+
+def _check_base(model: nn.Module, saved: set[str], config: dict[str, Any], directory: Path) -> None:
+    found = base_weights_sha256(model, exclude=saved)
+    base = config["base"]
+    if found != base["sha256"]:
+        raise ValueError(
+            f"base weights differ from the ones the adapter in {directory} was trained on (sha256 {found[:12]}... "
+            f"!= {base['sha256'][:12]}...): it expects {config.get('model_name')} with weights tag "
+            f"{base.get('pretrained_tag')!r} (hub {base.get('hf_hub_id')}, checkpoint {base.get('checkpoint_path')}); "
+            "build the base with those weights, or pass check_base=False to load anyway"
+        )
+
+
+def _plain_key(name: str) -> str:
+    """State-dict key as in a model without LoRA."""
+    return name.replace(".base_layer.", ".")
 
 
 def _is_adapter_key(name: str) -> bool:
@@ -323,7 +334,9 @@ def _build_base(config: dict[str, Any], pretrained: bool) -> nn.Module:
     from ._factory import create_model  # the factory imports this module for create_model(lora=...)
 
     if not config.get("model_name"):
-        raise ValueError("adapter config records no model_name; load it onto a base model: load_lora_adapter(model, dir)")
+        raise ValueError(
+            "adapter config records no model_name; load it onto a base model: load_lora_adapter(model, dir)"
+        )
     kwargs = dict(config["model_kwargs"])
     tag = kwargs.pop("pretrained_tag", None)
     name = f"{config['model_name']}.{tag}" if tag else config["model_name"]

@@ -71,7 +71,9 @@ def param_groups(
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     if not groups:
-        raise ValueError("model has no trainable parameters: unfreeze something (or apply LoRA) before building an optimizer")
+        raise ValueError(
+            "model has no trainable parameters: unfreeze something (or apply LoRA) before building an optimizer"
+        )
     return sorted(groups.values(), key=lambda g: (g["lr_scale"], g["weight_decay"]))
 
 

@@ -113,6 +113,7 @@ def test_load_onto_a_different_base_is_refused(tiny, tmp_path):
     other = segzoo.create_model(NAME, num_classes=3, **tiny)  # different random base weights
     with pytest.raises(ValueError, match="base weights differ"):
         load_lora_adapter(other, tmp_path)
+    assert not has_lora(other)  # a refused model is left as it was
     with pytest.raises(FileNotFoundError, match="no segzoo LoRA adapter"):
         load_lora_adapter(other, tmp_path / "missing")
 
