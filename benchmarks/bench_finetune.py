@@ -3,8 +3,9 @@ vs full fine-tuning step time.
 
 One training step = forward, cross-entropy, backward, AdamW step (param_groups), on
 random weights and random data. Each configuration runs a warm-up step (so AdamW's
-state exists), ``--steps`` timed steps (median reported) and one measured step for
-memory.
+state exists) and one step measured for memory; then ``--steps`` rounds time one step
+of every configuration in turn (median reported), so other load on a shared machine
+falls on all configurations alike.
 
 Peak memory is the peak of tensor memory allocated during one step above what was
 allocated before it (weights and optimizer state are excluded; activations, gradients
@@ -65,14 +66,22 @@ def main() -> None:
         return
     print(f"{args.model}, {args.size}x{args.size}, batch {args.batch_size}, {args.num_classes} classes, "
           f"{'bf16 autocast' if args.amp else 'fp32'}")
-    print(f"{'configuration':<40}{'step s':>9}{'peak MiB':>11}{'trainable':>14}")
-    for label, kwargs, checkpointing in CONFIGS:
-        seconds, peak, trainable = run_config(args, kwargs, checkpointing)
-        print(f"{label:<40}{seconds:>9.2f}{peak / 2**20:>11.0f}{trainable:>14,}", flush=True)
+    steps = {label: make_step(args, kwargs, checkpointing) for label, kwargs, checkpointing in CONFIGS}
+    peaks = {label: peak_step_memory(step, torch.device(args.device)) for label, step in steps.items()}
+    # timed rounds interleave the configurations, so load from other processes hits all alike
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(args.steps):
+        for label, step in steps.items():
+            times[label].append(timed(step, torch.device(args.device)))
+    print(f"{'configuration':<40}{'step s (median)':>17}{'all steps s':>22}{'peak MiB':>10}{'trainable':>13}")
+    for label, step in steps.items():
+        all_steps = " ".join(f"{t:.1f}" for t in times[label])
+        print(f"{label:<40}{statistics.median(times[label]):>17.2f}{all_steps:>22}"
+              f"{peaks[label] / 2**20:>10.0f}{step.trainable:>13,}")
 
 
-def run_config(args: argparse.Namespace, kwargs: dict, checkpointing: bool) -> tuple[float, int, int]:
-    """(median step seconds, peak bytes of one step, trainable parameters)."""
+def make_step(args: argparse.Namespace, kwargs: dict, checkpointing: bool) -> Callable[[], None]:
+    """A training-step closure over its own model, optimizer and data (warm-up step done)."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     model = segzoo.create_model(args.model, num_classes=args.num_classes, grad_checkpointing=checkpointing, **kwargs)
@@ -89,16 +98,16 @@ def run_config(args: argparse.Namespace, kwargs: dict, checkpointing: bool) -> t
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up: creates AdamW state
-    times = []
-    for _ in range(args.steps):
-        _sync(device)
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = peak_step_memory(step, device)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return statistics.median(times), peak, trainable
+    step.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # type: ignore[attr-defined]
+    return step
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def peak_step_memory(step: Callable[[], None], device: torch.device) -> int:
