@@ -1,8 +1,9 @@
 """segzoo: a timm-style zoo of segmentation models on ViT foundation backbones."""
 
-from . import models  # noqa: F401  (registers every model)
+from . import lora, models, optim  # noqa: F401  (models registers every model)
 from ._factory import create_model
 from ._hub import HubAccessError, load_pretrained, push_to_hub, save_pretrained
+from .compat import create_segformer_model
 from ._registry import (
     PretrainedCfg,
     UnknownModelError,
@@ -28,6 +29,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "__version__",
     "create_model",
+    "create_segformer_model",
     "get_pretrained_cfg",
     "is_model",
     "list_models",

@@ -44,7 +44,9 @@ def create_model(
             ``checkpoint_format=`` overrides the detected layout.
         **kwargs: model options, e.g. ``neck="none"``, ``decoder_hidden_size=128``,
             ``feature_indices=[...]``, ``backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2)``,
-            ``freeze_backbone=True``, ``grad_checkpointing=True``.
+            ``freeze_backbone=True``, ``grad_checkpointing=True``,
+            ``lora=dict(r=8, alpha=16, dropout=0.05, target_modules=["qkv"])`` (peft LoRA on the
+            backbone, base weights frozen; see :func:`segzoo.lora.apply_lora`).
 
     Returns:
         a :class:`segzoo.Segmenter` mapping ``(B, in_chans, H, W)`` to ``(B, num_classes, H, W)``.
@@ -72,6 +74,7 @@ def create_model(
         get_pretrained_cfg(model_name)  # unknown tag -> error listing the model's tags
     if checkpoint_path is not None:
         kwargs["checkpoint_path"] = os.fspath(checkpoint_path)
+    lora = kwargs.pop("lora", None)
     model = entrypoint(
         pretrained=pretrained, pretrained_tag=tag or None, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
@@ -81,6 +84,10 @@ def create_model(
     model.model_kwargs = dict(num_classes=num_classes, in_chans=in_chans, **rebuild)
     if tag:
         model.model_kwargs["pretrained_tag"] = tag
+    # where the weights came from (not needed to rebuild, but an adapter-only save records its base)
+    model.weights_origin = dict(pretrained=bool(pretrained), checkpoint_path=kwargs.get("checkpoint_path"))
+    if lora is not None and lora is not False:  # last, after all weights are in: LoRA renames the targeted layers' keys
+        _apply_lora_option(model, lora)
     return model
 
 
@@ -90,3 +97,19 @@ def _looks_like_path(name: str) -> bool:
     if os.sep in name or "/" in name or name.startswith((".", "~")):
         return True
     return not is_model(name) and Path(name).is_dir()
+
+
+def _apply_lora_option(model: nn.Module, lora: Any) -> None:
+    from .lora import apply_lora  # imported here: lora.py imports the factory for load_lora_adapter
+
+    if lora is True:
+        lora = {}
+    if not isinstance(lora, dict):
+        raise TypeError(
+            f"lora must be a dict such as dict(r=8, alpha=16, dropout=0.05, target_modules=['qkv']), got {lora!r}"
+        )
+    allowed = {"r", "alpha", "dropout", "target_modules"}
+    unknown = sorted(set(lora) - allowed)
+    if unknown:
+        raise TypeError(f"unknown lora option(s) {unknown}; allowed: {sorted(allowed)}")
+    apply_lora(model, **lora)  # records model.model_kwargs["lora"]

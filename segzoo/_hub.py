@@ -46,19 +46,28 @@ class HubAccessError(OSError):
     """A Hub file that cannot be fetched: gated, missing, or not cached while offline."""
 
 
-def save_pretrained(model: nn.Module, save_directory: str | os.PathLike) -> Path:
+def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, adapter_only: bool = False) -> Path:
     """Write ``config.json``, ``model.safetensors`` and a ``README.md`` model card to ``save_directory``.
 
     The model must come from :func:`segzoo.create_model` (it records the registered name
-    and kwargs that rebuild it). Returns the folder.
+    and kwargs that rebuild it). ``adapter_only=True`` (LoRA models) writes the adapters,
+    neck and head instead of ``model.safetensors`` (:func:`segzoo.lora.save_lora_adapter`:
+    megabytes instead of a whole ViT), recording which base weights they belong to; loading
+    rebuilds that base. Returns the folder.
     """
     from safetensors.torch import save_model
+
+    from .lora import save_lora_adapter
 
     config = _model_config(model)
     folder = Path(save_directory).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
+    if adapter_only:
+        save_lora_adapter(model, folder)  # refuses a model without LoRA
+        config["adapter_only"] = True
+    else:
+        save_model(model, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "segzoo_model": config["architecture"]})
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
-    save_model(model, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "segzoo_model": config["architecture"]})
     (folder / MODEL_CARD_NAME).write_text(_model_card(config))
     return folder
 
@@ -74,12 +83,19 @@ def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **ove
     from ._factory import create_model
     from ._weights import CheckpointError, load_state_dict_strict
 
-    config_file, weights_file, where = _resolve_saved_files(os.fspath(name_or_path))
+    config_file, where = _resolve_saved_file(os.fspath(name_or_path), CONFIG_NAME)
     try:
         config = json.loads(Path(config_file).read_text())
         arch, kwargs = config["architecture"], dict(config["model_kwargs"])
     except (ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{where}: {CONFIG_NAME} is not a segzoo model config ({err})") from err
+    if config.get("adapter_only"):
+        from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, load_lora_adapter
+
+        for filename in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
+            adapter_file, _ = _resolve_saved_file(os.fspath(name_or_path), filename)
+        return load_lora_adapter(Path(adapter_file).parent)  # rebuilds the recorded base, checks its fingerprint
+    weights_file, _ = _resolve_saved_file(os.fspath(name_or_path), WEIGHTS_NAME)
     tag = kwargs.pop("pretrained_tag", None)
     kwargs.update(overrides)
     model = create_model(f"{arch}.{tag}" if tag else arch, pretrained=False, **kwargs)
@@ -101,13 +117,14 @@ def push_to_hub(
     token: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    adapter_only: bool = False,
 ) -> Any:
-    """Save ``model`` (see :func:`save_pretrained`) and upload it to the Hub repo ``repo_id``,
+    """Save ``model`` (see :func:`save_pretrained`, ``adapter_only`` included) and upload it to the Hub repo ``repo_id``,
     creating the repo if needed. Returns huggingface_hub's ``CommitInfo``; the model then
     reloads with ``segzoo.create_model("hf-hub:" + repo_id)``."""
     api = huggingface_hub.HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="segzoo-push-") as tmp:
-        save_pretrained(model, tmp)
+        save_pretrained(model, tmp, adapter_only=adapter_only)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         return api.upload_folder(
             repo_id=repo_id,
@@ -182,24 +199,22 @@ def _restore_shared_names(model: nn.Module, state: dict[str, Any]) -> None:
             state.setdefault(name, state[present[0]])
 
 
-def _resolve_saved_files(name: str) -> tuple[str, str, str]:
+def _resolve_saved_file(name: str, filename: str) -> tuple[str, str]:
+    """Local path of one file of a saved model (downloaded for ``hf-hub:`` ids; a Hub
+    snapshot keeps a repo's files in one folder) and a description of where it is."""
     if name.startswith(_HF_HUB_PREFIX):
         repo_id, _, revision = name[len(_HF_HUB_PREFIX):].partition("@")
-        what = f"segzoo model {repo_id}"
-        config = _hub_download(repo_id, CONFIG_NAME, what, revision=revision or None)
-        weights = _hub_download(repo_id, WEIGHTS_NAME, what, revision=revision or None)
-        return config, weights, name
+        return _hub_download(repo_id, filename, f"segzoo model {repo_id}", revision=revision or None), name
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{name!r} is neither a registered model name, an 'hf-hub:org/name' id, nor an existing folder"
         )
-    missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
-    if missing:
+    if not (folder / filename).is_file():
         raise FileNotFoundError(
-            f"{str(folder)!r} lacks {' and '.join(missing)}; a segzoo model folder is written by segzoo.save_pretrained"
+            f"{str(folder)!r} lacks {filename}; a segzoo model folder is written by segzoo.save_pretrained"
         )
-    return str(folder / CONFIG_NAME), str(folder / WEIGHTS_NAME), str(folder)
+    return str(folder / filename), str(folder)
 
 
 def _model_config(model: nn.Module) -> dict[str, Any]:

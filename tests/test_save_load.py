@@ -60,7 +60,13 @@ def test_saving_a_model_not_built_by_create_model_is_refused(tiny, tmp_path):
 def test_bad_folders_fail_clearly(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a registered model name"):
         segzoo.create_model(str(tmp_path / "no_such_folder"))
+    with pytest.raises(FileNotFoundError, match="lacks config.json"):
+        segzoo.create_model(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(segzoo.CheckpointError, match="config.json is not a segzoo model config"):
+        segzoo.create_model(str(tmp_path))
+    segzoo.save_pretrained(segzoo.create_model("segformer_dinov2_small", num_classes=3, **tiny), tmp_path)
+    (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
         segzoo.create_model(str(tmp_path))
 

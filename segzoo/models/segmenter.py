@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,36 @@ class Segmenter(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute backbone activations in the backward pass (timm's switch): less memory, more time."""
         self.backbone.set_grad_checkpointing(enable)
+
+    def enable_lora(
+        self,
+        rank: int = 8,
+        lora_alpha: float = 16.0,
+        lora_dropout: float = 0.05,
+        target_modules: Sequence[str] | None = None,
+        verbose: bool = True,
+    ) -> None:
+        """Seed-plan spelling of :func:`segzoo.lora.apply_lora` (peft LoRA on the backbone,
+        default target ``qkv``); prints the trainable-parameter table unless ``verbose=False``."""
+        from ..lora import apply_lora  # peft is imported only when LoRA is used
+
+        apply_lora(self, r=rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
+        if verbose:
+            print(f"LoRA enabled with rank={rank}, alpha={lora_alpha}")
+            self.print_trainable_parameters(detailed=True)
+
+    def disable_lora(self) -> None:
+        """Seed-plan spelling of :func:`segzoo.lora.merge_lora`: fold the adapters into the backbone.
+
+        On a model without LoRA it warns (the seed plan printed a notice) instead of raising,
+        so scripts that call it unconditionally keep working; ``merge_lora`` raises.
+        """
+        from ..lora import has_lora, merge_lora
+
+        if not has_lora(self):
+            warnings.warn("disable_lora(): LoRA is not enabled on this model, nothing to merge", stacklevel=2)
+            return
+        merge_lora(self)
 
     # -- reporting -----------------------------------------------------------------------
 
