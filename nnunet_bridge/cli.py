@@ -29,14 +29,24 @@ DEFAULT_TRAINER = "nnUNetTrainerSegZoo"
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point (``segzoo-nnunet``)."""
     parser = _build_parser()
-    args, rest = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if argv[:1] == ["predict"] and not {"-h", "--help"} & set(argv):
+        # everything but -tr / -device goes to nnUNetv2_predict untouched (argparse would
+        # take nnU-Net's -d for an abbreviation of -device)
+        argv, rest = _split_predict_args(argv)
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if rest and args.command != "predict":
-        parser.error(f"unrecognised arguments: {' '.join(rest)}")
     ensure_ext_trainer_path()
-    return int(args.handler(args, rest) or 0)
+    from .config import ConfigError
+
+    try:
+        return int(args.handler(args, rest) or 0)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"segzoo-nnunet {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def resolve_training_configuration(dataset: str, configuration: str, config_path: str | None,
@@ -195,6 +205,17 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     d.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _split_predict_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    ours, rest = [argv[0]], []
+    items = iter(argv[1:])
+    for item in items:
+        if item in ("-tr", "-device"):
+            ours += [item, next(items, "")]
+        else:
+            rest.append(item)
+    return ours, rest
 
 
 def _device(choice: str):
