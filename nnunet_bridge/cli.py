@@ -197,7 +197,7 @@ def _build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", allow_abbrev=False, help="synthetic fundus dataset -> plan -> train briefly -> predict -> Dice + PNG",
                        description="Needs no data and no downloads; a tiny model trains on the CPU in minutes.")
     d.add_argument("--out", default="./demo_output", help="output folder (default ./demo_output)")
-    d.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    d.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     d.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
     d.add_argument("--cases", type=int, default=24, help="training cases (default 24; 6 more are held out)")
     d.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")

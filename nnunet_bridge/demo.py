@@ -48,7 +48,7 @@ def demo_config(epochs: int, iterations: int) -> dict:
     }
 
 
-def run_demo(out: str | Path = "./demo_output", epochs: int = 8, iterations: int = 25, num_train: int = 24,
+def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: int = 25, num_train: int = 24,
              size: int = 128, device: str = "cpu", seed: int = 0) -> dict[str, float]:
     """Run the demo; returns the held-out Dice per class name."""
     import torch

@@ -53,7 +53,7 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        self._continuing = bool(plans.get("continue_training", False))
+        self._weights_from_checkpoint = False  # set by load_checkpoint (--c, --val)
         super().__init__(plans, configuration, fold, dataset_json, device)
         conf = self.configuration_manager.configuration
         arch = conf.get("architecture", {})
@@ -182,6 +182,7 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
         """Resume epoch, weights, optimizer, scheduler and logs (``--c``); refuses a checkpoint
         whose model layout differs from this configuration's, naming the differing keys."""
         if not self.was_initialized:
+            self._weights_from_checkpoint = True  # no pretrained download just to overwrite it
             self.initialize()
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
@@ -219,10 +220,8 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
         if from_run:
             self._load_run_weights(from_run)
             return
-        if self._continuing and any(
-            os.path.isfile(os.path.join(self.output_folder, f"checkpoint_{k}.pth")) for k in ("final", "latest", "best")
-        ):
-            return  # --c: the checkpoint provides every weight
+        if self._weights_from_checkpoint:
+            return  # --c / --val: the checkpoint provides every weight
         model_cfg = self.segzoo_config.model
         if not (model_cfg.pretrained or model_cfg.checkpoint_path):
             self.print_to_log_file("Training from random initialisation (model.pretrained is false)")

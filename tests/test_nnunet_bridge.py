@@ -212,3 +212,20 @@ def test_env_prints_the_export_line():
     result = subprocess.run([sys.executable, "-m", "nnunet_bridge.cli", "env"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == f"export nnUNet_extTrainer={EXT_TRAINER_DIR}"
+
+
+def test_lora_kwargs_reach_create_model_or_fail_clearly():
+    """LoRA comes from segzoo.lora (issue 4); without it the builder says so instead of a TypeError."""
+    import importlib.util
+
+    from nnunet_bridge.network import build_zoo_network
+
+    config = load_config({"model": TINY_MODEL, "lora": {"enabled": True, "r": 4}})
+    kwargs = arch_kwargs_from_config(config, "backbone")
+    if importlib.util.find_spec("segzoo.lora") is None:
+        with pytest.raises(RuntimeError, match="lora.enabled: false"):
+            build_zoo_network(3, 2, **kwargs)
+    else:
+        network = build_zoo_network(3, 2, **kwargs)
+        assert any("lora_" in key for key in network.state_dict())
+        assert network.model.model_kwargs["lora"]["r"] == 4

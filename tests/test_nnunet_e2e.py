@@ -190,6 +190,27 @@ def test_pretrained_weights_from_a_run_with_other_classes(nn_env, monkeypatch, c
         trainer.load_checkpoint(str(source))
 
 
+def test_unavailable_pretrained_weights_fail_with_the_fix(nn_env, monkeypatch):
+    """pretrained: true offline -> an error saying how to train from scratch or use a local file."""
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plans = _plans(nn_env, RGB_ID)
+    plans["configurations"][CONFIG_NAME]["segzoo"]["model"]["pretrained"] = True
+    trainer = nnUNetTrainerSegZoo(dict(plans, continue_training=False), CONFIG_NAME, 3, _dataset_json(nn_env, RGB_ID),
+                                  device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="model.pretrained: false"):
+        trainer.initialize()
+
+    # --c / --val restore every weight from the checkpoint: no download is attempted
+    resumed = nnUNetTrainerSegZoo(dict(plans, continue_training=True), CONFIG_NAME, 3,
+                                  _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
+    resumed.load_checkpoint(str(_fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth"))
+    assert resumed.current_epoch == 3
+
+
 def test_one_channel_dataset_through_the_seed_entry_point(nn_env):
     train_env = nn_env["train_env"]
     _run([sys.executable, str(ROOT / "nnUNetv2_train_segformer.py"), str(GREY_ID), "2d", "0",
@@ -242,3 +263,24 @@ def _latest_log(fold: Path) -> str:
 
 def _epochs_logged(log: str) -> list[int]:
     return [int(m) for m in re.findall(r": Epoch (\d+) ", log)]
+
+
+def test_demo_runs_end_to_end_small():
+    """`segzoo-nnunet demo` at toy settings: Dice per class printed and the side-by-side PNG written."""
+    out = Path(tempfile.mkdtemp(prefix="segzoo_demo_"))
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), nnUNet_def_n_proc="1", HF_HUB_OFFLINE="1")
+        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+            env.pop(key, None)  # the demo keeps its nnU-Net folders under --out
+        result = subprocess.run(
+            [sys.executable, "-m", "nnunet_bridge.cli", "demo", "--out", str(out), "--epochs", "1",
+             "--iterations", "2", "--cases", "5", "--size", "64"],
+            env=env, cwd=out, capture_output=True, text=True, timeout=600)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-5000:]
+        assert re.search(r"vessel\s+\d\.\d{3}", output) and re.search(r"optic_disc\s+\d\.\d{3}", output)
+        figure = Image.open(out / "demo_predictions.png")
+        assert figure.size == (64 * 3 * 2, 64 * 4 * 2)
+        assert len(list((out / "predictions").glob("*.png"))) == 6
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
