@@ -1,0 +1,232 @@
+"""``segzoo-nnunet plan | train | predict | env | demo``: nnU-Net v2 with any segzoo model.
+
+::
+
+    segzoo-nnunet plan 996 --model segformer_dinov3_large [--config my.yaml]
+    segzoo-nnunet train 996 2d_segformer_dinov3_large 0 [--c] [--config my.yaml] [-device cpu]
+    segzoo-nnunet predict -i imagesTs -o out -d 996 -c 2d_segformer_dinov3_large -f 0
+    segzoo-nnunet env        # the nnUNet_extTrainer line for stock nnUNetv2_* commands
+    segzoo-nnunet demo       # synthetic fundus dataset -> plan -> train on CPU -> predict -> Dice + PNG
+
+The command sets ``nnUNet_extTrainer`` itself, so nnU-Net finds the bridge trainers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sys
+from typing import Sequence
+
+from . import EXT_TRAINER_DIR, ensure_ext_trainer_path
+
+__all__ = ["main", "resolve_training_configuration"]
+
+DEFAULT_TRAINER = "nnUNetTrainerSegZoo"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``segzoo-nnunet``)."""
+    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest: list[str] = []
+    if argv[:1] == ["predict"] and not {"-h", "--help"} & set(argv):
+        # everything but -tr / -device goes to nnUNetv2_predict untouched (argparse would
+        # take nnU-Net's -d for an abbreviation of -device)
+        argv, rest = _split_predict_args(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    ensure_ext_trainer_path()
+    from .config import ConfigError
+
+    try:
+        return int(args.handler(args, rest) or 0)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"segzoo-nnunet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def resolve_training_configuration(dataset: str, configuration: str, config_path: str | None,
+                                   plans_identifier: str = "nnUNetPlans") -> str:
+    """The zoo configuration to train for ``configuration``.
+
+    A zoo configuration is trained as planned. A plain nnU-Net configuration such as
+    ``2d`` (the seed plan's ``nnUNetv2_train_segformer.py 996 2d 0 --segformer_config my.yaml``)
+    or a name not in the plans is derived from the YAML's model section, planning it if needed.
+    """
+    from .config import load_config
+    from .plans import NETWORK_CLASS_NAME, load_plans, plan
+
+    existing = load_plans(dataset, plans_identifier)["configurations"].get(configuration)
+    if existing is not None and existing.get("architecture", {}).get("network_class_name") == NETWORK_CLASS_NAME:
+        return configuration
+    config = load_config(config_path)
+    name = None if existing is not None else configuration
+    return plan(dataset, config, configuration_name=name, plans_identifier=plans_identifier)
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def _cmd_plan(args: argparse.Namespace, _rest: list[str]) -> int:
+    from .config import load_config
+    from .plans import plan
+
+    overrides: dict = {}
+    if args.model:
+        name, _, tag = args.model.partition(".")
+        overrides = {"model": {"name": name, **({"pretrained_tag": tag} if tag else {})}}
+    config = load_config(args.config, overrides)
+    name = plan(args.dataset, config, configuration_name=args.name, plans_identifier=args.p)
+    print(f"Train it with: segzoo-nnunet train {args.dataset} {name} 0")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, _rest: list[str]) -> int:
+    import torch
+
+    from .trainer import CONFIG_ENV, PRETRAINED_WEIGHTS_ENV
+
+    if args.c and args.pretrained_weights:
+        raise SystemExit("--c continues a run; -pretrained_weights starts a new one. Use one of them.")
+    if args.pretrained_weights and not os.path.isfile(args.pretrained_weights):
+        raise SystemExit(f"-pretrained_weights: no such file {args.pretrained_weights!r}")
+    configuration = resolve_training_configuration(args.dataset, args.configuration, args.config, args.p)
+    if args.config:
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    if args.pretrained_weights:
+        os.environ[PRETRAINED_WEIGHTS_ENV] = os.path.abspath(args.pretrained_weights)
+    device = _device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())
+    elif device.type == "cuda":
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+
+    from nnunetv2.run.run_training import run_training
+
+    run_training(args.dataset, configuration, args.fold, args.tr, args.p, None, args.num_gpus,
+                 args.npz, args.c, args.val, args.disable_checkpointing, args.val_best, device=device)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
+    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
+
+    forwarded = [*rest, "-tr", args.tr, "-device", _device(args.device).type]
+    old_argv = sys.argv
+    sys.argv = ["nnUNetv2_predict", *forwarded]
+    try:
+        predict_entry_point()
+    finally:
+        sys.argv = old_argv
+    return 0
+
+
+def _cmd_env(_args: argparse.Namespace, _rest: list[str]) -> int:
+    print(f"export nnUNet_extTrainer={EXT_TRAINER_DIR}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, _rest: list[str]) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, epochs=args.epochs, iterations=args.iterations, num_train=args.cases,
+             size=args.size, device=args.device, seed=args.seed)
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segzoo-nnunet", allow_abbrev=False,
+        description="Train, continue, validate and predict segzoo models with nnU-Net v2.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{plan,train,predict,env,demo}")
+
+    p = sub.add_parser("plan", allow_abbrev=False, help="add a zoo configuration (2d_<model>) to a dataset's nnU-Net plans",
+                       description="Add a configuration inheriting from '2d' whose network is a segzoo model. "
+                                   "Run nnUNetv2_plan_and_preprocess -d ID -c 2d first.")
+    p.add_argument("dataset", help="dataset id or name (e.g. 996 or Dataset996_Fundus)")
+    p.add_argument("--model", help="registered zoo name, optionally with a tag (segformer_dinov3_large.lvd1689m); "
+                                   "default: the config's model section")
+    p.add_argument("--config", help="YAML with model / lora / train sections (unknown keys are an error)")
+    p.add_argument("--name", help="configuration name (default 2d_<model name>)")
+    p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.set_defaults(handler=_cmd_plan)
+
+    t = sub.add_parser("train", allow_abbrev=False, help="train (or continue with --c) a zoo configuration, like nnUNetv2_train",
+                       description="nnUNetv2_train with the bridge trainer. A plain configuration such as '2d' "
+                                   "trains the zoo configuration derived from --config (planned if missing).")
+    t.add_argument("dataset", help="dataset id or name")
+    t.add_argument("configuration", help="zoo configuration (2d_<model>), or 2d to derive it from --config")
+    t.add_argument("fold", help="fold 0-4 or 'all'")
+    t.add_argument("--config", "--segformer_config", dest="config",
+                   help="YAML; its train section overrides the planned one (model/LoRA must match the plan)")
+    t.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer class (default {DEFAULT_TRAINER})")
+    t.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    t.add_argument("-pretrained_weights", help="nnU-Net checkpoint of the same zoo model to start from; "
+                                               "a different number of classes re-initialises the head")
+    t.add_argument("-num_gpus", type=int, default=1, help="GPUs for DDP training (CUDA only)")
+    t.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu", "mps"],
+                   help="device (default: cuda if available, else cpu)")
+    t.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument("--val", action="store_true", help="only run the final validation")
+    t.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth")
+    t.add_argument("--npz", action="store_true", help="also save validation softmax outputs")
+    t.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
+    t.set_defaults(handler=_cmd_train)
+
+    r = sub.add_parser("predict", allow_abbrev=False, help="nnUNetv2_predict with the bridge trainer (all its options are accepted)",
+                       description="Runs nnUNetv2_predict; every option of it (-i -o -d -c -f -chk -npp -nps "
+                                   "...) is passed through. Outputs are identical to the stock command with "
+                                   f"-tr {DEFAULT_TRAINER}.")
+    r.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer the model was trained with (default {DEFAULT_TRAINER})")
+    r.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu", "mps"],
+                   help="device (default: cuda if available, else cpu)")
+    r.set_defaults(handler=_cmd_predict)
+
+    e = sub.add_parser("env", help="print the nnUNet_extTrainer export line for stock nnUNetv2_* commands")
+    e.set_defaults(handler=_cmd_env)
+
+    d = sub.add_parser("demo", allow_abbrev=False, help="synthetic fundus dataset -> plan -> train briefly -> predict -> Dice + PNG",
+                       description="Needs no data and no downloads; a tiny model trains on the CPU in minutes.")
+    d.add_argument("--out", default="./demo_output", help="output folder (default ./demo_output)")
+    d.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
+    d.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
+    d.add_argument("--cases", type=int, default=24, help="training cases (default 24; 6 more are held out)")
+    d.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    d.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
+    d.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    d.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _split_predict_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    ours, rest = [argv[0]], []
+    items = iter(argv[1:])
+    for item in items:
+        if item in ("-tr", "-device"):
+            ours += [item, next(items, "")]
+        else:
+            rest.append(item)
+    return ours, rest
+
+
+def _device(choice: str):
+    import torch
+
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("-device cuda: no CUDA device is available; use -device cpu")
+    return torch.device(choice)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

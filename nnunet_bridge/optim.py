@@ -1,0 +1,77 @@
+"""Optimiser pieces of the bridge trainer: parameter groups and the warm-up + poly schedule."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["WarmupPolyLR", "build_param_groups"]
+
+
+class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warm-up over ``warmup_epochs``, then nnU-Net's poly decay to ``num_epochs``, in one scheduler.
+
+    nnU-Net steps its scheduler once per epoch with the epoch index
+    (``lr_scheduler.step(current_epoch)``), so the learning rate is a closed-form function
+    of the epoch and ``--c`` lands on the same value. Each parameter group keeps its own
+    base rate (``initial_lr``), so LoRA-aware groups with different rates scale together.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_epochs: int, num_epochs: int, exponent: float = 0.9):
+        if not 0 <= warmup_epochs < num_epochs:
+            raise ValueError(f"warmup_epochs ({warmup_epochs}) must be in [0, num_epochs={num_epochs})")
+        self.warmup_epochs = int(warmup_epochs)
+        self.num_epochs = int(num_epochs)
+        self.exponent = float(exponent)
+        super().__init__(optimizer, last_epoch=-1)
+
+    def factor(self, epoch: int) -> float:
+        """Multiplier of each group's base rate at ``epoch`` (0-based)."""
+        epoch = max(0, int(epoch))
+        if epoch < self.warmup_epochs:
+            return (epoch + 1) / self.warmup_epochs
+        progress = (epoch - self.warmup_epochs) / (self.num_epochs - self.warmup_epochs)
+        return max(0.0, 1.0 - progress) ** self.exponent
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+    def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
+        """``step(current_epoch)`` as nnU-Net calls it; ``step()`` advances by one."""
+        self.last_epoch = self.last_epoch + 1 if epoch is None else int(epoch)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def build_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters in optimiser groups.
+
+    Uses ``segzoo.optim.param_groups`` where the installed segzoo has it (LoRA-aware:
+    adapters, neck and head may get their own rates); otherwise two groups: weights with
+    decay, and biases / norms / position embeddings / tokens without (as timm does).
+    Frozen parameters (LoRA's base weights) are left out either way.
+    """
+    try:
+        from segzoo.optim import param_groups as zoo_param_groups  # type: ignore[import-not-found]
+    except ImportError:
+        zoo_param_groups = None
+    if zoo_param_groups is not None:
+        accepted = inspect.signature(zoo_param_groups).parameters
+        offered = {"lr": lr, "weight_decay": weight_decay}
+        return list(zoo_param_groups(model, **{k: v for k, v in offered.items() if k in accepted}))
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_no_decay = param.ndim <= 1 or name.endswith(".bias") or any(
+            token in name for token in ("pos_embed", "cls_token", "reg_token", "register_tokens", "mask_token")
+        )
+        (no_decay if is_no_decay else decay).append(param)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters (is everything frozen?)")
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]

@@ -1,0 +1,221 @@
+"""Add a zoo configuration to a dataset's nnU-Net plans.
+
+nnU-Net's predictor rebuilds a network only from the results folder's ``plans.json``,
+the checkpoint's trainer name and its configuration name, so the model must live in the
+plans: ``plan`` writes a configuration ``2d_<model name>`` that inherits everything from
+``2d`` (same preprocessed data, spacing, normalisation) and replaces the architecture
+with :func:`nnunet_bridge.network.build_zoo_network` plus the zoo name and kwargs. The
+patch size is snapped to a multiple of the ViT patch size, the batch size is chosen for
+a ViT rather than from nnU-Net's UNet memory estimate, and the resolved bridge config is
+stored under the configuration's ``segzoo`` key. A configuration that has been trained is
+immutable: re-planning it with different settings is an error naming the differences.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .config import ConfigError, config_to_dict, load_config, zoo_model_name
+from .network import arch_kwargs_from_config
+
+__all__ = [
+    "NETWORK_CLASS_NAME",
+    "configuration_name_for",
+    "plan",
+    "plans_path",
+    "load_plans",
+    "stored_config",
+    "trained_checkpoints",
+    "diff_dicts",
+]
+
+NETWORK_CLASS_NAME = "nnunet_bridge.network.build_zoo_network"
+BASE_CONFIGURATION = "2d"
+# nnU-Net normalisations that leave intensities in [0, 1]: the backbone's mean/std then apply
+_UNIT_RANGE_SCHEMES = {"RGBTo01Normalization", "RescaleTo01Normalization"}
+# ViT-L/16 trains with batch 8 at 512x512 (1024 tokens) in ~13 GiB with bf16 (BENCHMARKS.md)
+_REFERENCE_TOKENS_X_BATCH = 8 * 1024
+_SIZE_FACTOR = {"small": 4.0, "base": 2.0, "large": 1.0, "giant": 0.5}
+
+
+def configuration_name_for(config: DictConfig) -> str:
+    """``2d_<zoo model name>``, e.g. ``2d_segformer_dinov3_large``."""
+    return f"{BASE_CONFIGURATION}_{zoo_model_name(config)}"
+
+
+def plans_path(dataset: str | int, plans_identifier: str = "nnUNetPlans") -> Path:
+    """``$nnUNet_preprocessed/DatasetXXX_Name/<plans_identifier>.json``."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    return Path(str(nnUNet_preprocessed)) / maybe_convert_to_dataset_name(dataset) / f"{plans_identifier}.json"
+
+
+def load_plans(dataset: str | int, plans_identifier: str = "nnUNetPlans") -> dict[str, Any]:
+    """The dataset's plans; a clear error if nnU-Net's planning has not been run yet."""
+    path = plans_path(dataset, plans_identifier)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no nnU-Net plans at {path}; run `nnUNetv2_plan_and_preprocess -d {dataset} -c 2d` first"
+        )
+    return json.loads(path.read_text())
+
+
+def plan(
+    dataset: str | int,
+    config: DictConfig | None = None,
+    configuration_name: str | None = None,
+    plans_identifier: str = "nnUNetPlans",
+    verbose: bool = True,
+) -> str:
+    """Add (or update, while untrained) the zoo configuration for ``config``; returns its name."""
+    config = config if config is not None else load_config()
+    name = configuration_name or configuration_name_for(config)
+    if "__" in name:
+        raise ConfigError(f"configuration name {name!r} must not contain '__' (nnU-Net splits folder names on it)")
+    plans = load_plans(dataset, plans_identifier)
+    configurations = plans["configurations"]
+    if BASE_CONFIGURATION not in configurations:
+        raise ConfigError(
+            f"the plans have no {BASE_CONFIGURATION!r} configuration to inherit from "
+            f"(found {sorted(configurations)}); run `nnUNetv2_plan_and_preprocess -d {dataset} -c 2d`"
+        )
+    base = _resolve(configurations, BASE_CONFIGURATION)
+    new = _zoo_configuration(config, base, plans)
+    old = configurations.get(name)
+    if old is not None and old != new:
+        differences = diff_dicts(_comparable(old), _comparable(new))
+        trained = trained_checkpoints(plans["dataset_name"], plans_identifier, name)
+        if trained and differences:
+            raise ConfigError(
+                f"configuration {name!r} is already trained ({trained[0]}) and cannot change; differing keys: "
+                f"{', '.join(differences)}. Plan the new settings under another name "
+                f"(`segzoo-nnunet plan {dataset} --name 2d_my_variant ...`)"
+            )
+    configurations[name] = new
+    _write_json_atomic(plans_path(dataset, plans_identifier), plans)
+    if verbose:
+        print(
+            f"Configuration {name!r} written to {plans_path(dataset, plans_identifier)}: model "
+            f"{new['architecture']['arch_kwargs']['model_name']}, patch size {new['patch_size']}, "
+            f"batch size {new['batch_size']}, input normalisation "
+            f"{new['architecture']['arch_kwargs']['input_normalization']}"
+        )
+    return name
+
+
+def stored_config(configuration: dict[str, Any]) -> dict[str, Any] | None:
+    """The bridge config ``plan`` stored in a plans configuration (None for non-zoo configurations)."""
+    return configuration.get("segzoo")
+
+
+def trained_checkpoints(dataset_name: str, plans_identifier: str, configuration_name: str) -> list[str]:
+    """Checkpoints of any trainer for this configuration under ``$nnUNet_results``."""
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        return []
+    pattern = os.path.join(results, dataset_name, f"*__{plans_identifier}__{configuration_name}", "fold_*", "checkpoint_*.pth")
+    return sorted(glob.glob(pattern))
+
+
+def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (missing keys included)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += diff_dicts(old.get(key, "<missing>"), new.get(key, "<missing>"), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]} ({old!r} -> {new!r})"]
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _zoo_configuration(config: DictConfig, base: dict[str, Any], plans: dict[str, Any]) -> dict[str, Any]:
+    arch_kwargs = arch_kwargs_from_config(config, _input_normalization(config, base))
+    patch = _patch_multiple(config, arch_kwargs["model_name"])
+    wanted = list(config.train.patch_size) if config.train.patch_size is not None else list(base["patch_size"])
+    patch_size = [max(patch, (int(s) // patch) * patch) for s in wanted]
+    batch_size = config.train.batch_size or _default_batch_size(arch_kwargs["model_name"], patch_size, patch, base)
+    stored = config_to_dict(config)
+    stored["train"]["batch_size"], stored["train"]["patch_size"] = int(batch_size), patch_size
+    return {
+        "inherits_from": BASE_CONFIGURATION,
+        "patch_size": patch_size,
+        "batch_size": int(batch_size),
+        "architecture": {
+            "network_class_name": NETWORK_CLASS_NAME,
+            "arch_kwargs": arch_kwargs,
+            "_kw_requires_import": [],
+        },
+        "segzoo": stored,
+    }
+
+
+def _comparable(configuration: dict[str, Any]) -> dict[str, Any]:
+    """What fixes a trained model: architecture, patch size (tiling) and the model/LoRA sections."""
+    stored = stored_config(configuration) or {}
+    return {
+        "architecture": configuration.get("architecture"),
+        "patch_size": configuration.get("patch_size"),
+        "model": stored.get("model"),
+        "lora": stored.get("lora"),
+    }
+
+
+def _input_normalization(config: DictConfig, base: dict[str, Any]) -> str:
+    choice = config.model.input_normalization
+    if choice != "auto":
+        return choice
+    schemes = base.get("normalization_schemes", [])
+    if schemes and all(s in _UNIT_RANGE_SCHEMES for s in schemes):
+        return "backbone"
+    print(
+        f"Note: nnU-Net normalises these channels with {sorted(set(schemes))}; the backbone's mean/std are not "
+        "applied. Name RGB channels 'rgb_to_0_1' in dataset.json to give a pretrained backbone the inputs it "
+        "was trained on."
+    )
+    return "none"
+
+
+def _patch_multiple(config: DictConfig, model_name: str) -> int:
+    import segzoo
+
+    backbone_kwargs = dict(config.model.kwargs.get("backbone_kwargs", {}) or {})
+    if "patch_size" in backbone_kwargs:
+        return int(backbone_kwargs["patch_size"])
+    cfg = segzoo.get_pretrained_cfg(model_name, allow_missing=True)
+    if cfg is None:
+        raise ConfigError(f"cannot tell the patch size of {model_name!r}; set model.kwargs.backbone_kwargs.patch_size")
+    return int(cfg.patch_size)
+
+
+def _default_batch_size(model_name: str, patch_size: list[int], patch: int, base: dict[str, Any]) -> int:
+    """Scale the ViT-L reference (8 images of 1024 tokens) by token count and backbone size,
+    never above nnU-Net's 2d batch (which caps it at 5% of the dataset), never below 2."""
+    tokens = (patch_size[0] // patch) * (patch_size[1] // patch)
+    size = model_name.split(".")[0].rsplit("_", 1)[-1]
+    by_memory = int(_REFERENCE_TOKENS_X_BATCH * _SIZE_FACTOR.get(size, 1.0) / max(tokens, 1))
+    return max(2, min(by_memory, int(base["batch_size"])))
+
+
+def _resolve(configurations: dict[str, Any], name: str) -> dict[str, Any]:
+    configuration = dict(configurations[name])
+    parent = configuration.get("inherits_from")
+    if parent:
+        merged = _resolve(configurations, parent)
+        merged.update(configuration)
+        return merged
+    return configuration
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=4))
+    os.replace(tmp, path)

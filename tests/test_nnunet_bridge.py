@@ -1,0 +1,231 @@
+"""Fast tests of the bridge's pieces (config, network wrapper, schedule, plans, CLI); the
+nnU-Net end to end runs are in test_nnunet_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from nnunet_bridge import EXT_TRAINER_DIR, ensure_ext_trainer_path
+from nnunet_bridge.config import ConfigError, load_config, resolved_initial_lr, zoo_model_name
+from nnunet_bridge.network import ZooNetwork, arch_kwargs_from_config
+from nnunet_bridge.optim import WarmupPolyLR, build_param_groups
+from nnunet_bridge.plans import NETWORK_CLASS_NAME, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"name": "segformer_dinov2_small", "pretrained": False, "decoder_hidden_size": 32,
+              "kwargs": {"backbone_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}}}
+
+
+# -- config ----------------------------------------------------------------------------
+
+
+def test_defaults_follow_the_seed_plan_names_and_primus_values():
+    config = load_config()
+    assert zoo_model_name(config) == "segformer_dinov3_large"
+    assert config.model.decoder_hidden_size == 256 and config.model.checkpoint_path == ""
+    assert config.lora.enabled and config.lora.r == 8 and config.lora.lora_alpha == 16
+    assert list(config.lora.target_modules) == ["qkv"] and config.lora.lora_dropout == 0.05
+    assert config.train.weight_decay == 5e-2 and config.train.gradient_clip == 1.0
+    assert list(config.train.betas) == [0.9, 0.98]
+    assert resolved_initial_lr(config) == 1e-4
+    assert resolved_initial_lr(load_config({"model": {"pretrained": False}})) == 3e-4
+
+
+def test_user_yaml_overrides_and_name_fills_the_parts(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("model:\n  name: upernet_dinov2_reg4_base\ntrain:\n  initial_lr: 0.001\n")
+    config = load_config(path)
+    assert (config.model.head, config.model.backbone, config.model.backbone_size) == ("upernet", "dinov2_reg4", "base")
+    assert resolved_initial_lr(config) == 1e-3
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"learning_rate"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"optimiser"):
+        load_config({"optimiser": {}})
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"train": {"num_epochs": 10, "warmup_epochs": 10}}, "warmup_epochs"),
+    ({"train": {"batch_size": 0}}, "batch_size"),
+    ({"model": {"input_normalization": "imagenet"}}, "input_normalization"),
+    ({"train": {"num_epochs": "many"}}, "num_epochs"),
+])
+def test_bad_values_fail_early(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(bad)
+
+
+def test_missing_config_file_is_named():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/nonexistent/my.yaml")
+
+
+# -- network ---------------------------------------------------------------------------
+
+
+def _arch_kwargs(**model):
+    config = load_config({"model": {**TINY_MODEL, **model}, "lora": {"enabled": False}})
+    return arch_kwargs_from_config(config, "backbone")
+
+
+def test_nnunet_builds_the_network_from_plans_kwargs():
+    kwargs = _arch_kwargs()
+    network = get_network_from_plans(NETWORK_CLASS_NAME, kwargs, [], 3, 4, allow_init=True, deep_supervision=True)
+    assert isinstance(network, ZooNetwork) and not hasattr(network, "initialize")
+    assert network.model.model_name == "segformer_dinov2_small"
+    network.eval()
+    with torch.no_grad():
+        y = network(torch.rand(2, 3, 56, 70))
+    assert y.shape == (2, 4, 56, 70) and y.dtype == torch.float32
+    assert set(network.state_dict()) == {f"model.{k}" for k in network.model.state_dict()}  # no mean/std buffers
+
+
+def test_wrapper_applies_the_backbone_mean_std():
+    kwargs = _arch_kwargs()
+    network = get_network_from_plans(NETWORK_CLASS_NAME, kwargs, [], 3, 2, deep_supervision=False).eval()
+    raw = ZooNetwork(network.model, "none").eval()
+    x = torch.rand(1, 3, 28, 28)
+    mean = torch.tensor(network.model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(network.model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), raw((x - mean) / std))
+
+
+def test_one_channel_network():
+    network = get_network_from_plans(NETWORK_CLASS_NAME, _arch_kwargs(), [], 1, 3, deep_supervision=False).eval()
+    assert network.mean.shape == (1, 1, 1, 1)
+    assert network(torch.rand(1, 1, 42, 42)).shape == (1, 3, 42, 42)
+
+
+def test_plain_param_groups_skip_frozen_and_exempt_norms_from_decay():
+    network = get_network_from_plans(NETWORK_CLASS_NAME, _arch_kwargs(), [], 3, 2, deep_supervision=False)
+    network.model.freeze_backbone()
+    groups = build_param_groups(network, 1e-4, 0.05)
+    params = [p for g in groups for p in g["params"]]
+    assert all(p.requires_grad for p in params)
+    assert sum(p.numel() for p in params) == sum(p.numel() for p in network.parameters() if p.requires_grad)
+    no_decay = next(g for g in groups if g["weight_decay"] == 0.0)
+    assert all(p.ndim <= 1 for p in no_decay["params"])
+
+
+# -- schedule --------------------------------------------------------------------------
+
+
+def test_warmup_then_poly_in_one_scheduler_with_resumable_state():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([{"params": [param]}], lr=1e-3)
+    scheduler = WarmupPolyLR(optimizer, warmup_epochs=4, num_epochs=20)
+    lrs = []
+    for epoch in range(20):
+        scheduler.step(epoch)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    state = scheduler.state_dict()
+    fresh = WarmupPolyLR(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3), 4, 20)
+    fresh.load_state_dict(state)
+    assert fresh.last_epoch == 19 and fresh.get_last_lr() == pytest.approx([lrs[-1]])
+
+
+# -- plans -----------------------------------------------------------------------------
+
+
+def _minimal_plans(tmp_path, monkeypatch, patch=(100, 90), schemes=("ZScoreNormalization",)):
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "res"))
+    folder = tmp_path / "pre" / "Dataset123_Tiny"
+    folder.mkdir(parents=True)
+    plans = {"dataset_name": "Dataset123_Tiny", "plans_name": "nnUNetPlans", "configurations": {
+        "2d": {"patch_size": list(patch), "batch_size": 12, "normalization_schemes": list(schemes),
+               "data_identifier": "nnUNetPlans_2d"}}}
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
+    return folder / "nnUNetPlans.json"
+
+
+def test_plan_snaps_patch_to_the_backbone_patch_and_sets_batch(tmp_path, monkeypatch):
+    path = _minimal_plans(tmp_path, monkeypatch)
+    name = plan(123, load_config({"model": TINY_MODEL}), verbose=False)
+    assert name == "2d_segformer_dinov2_small"
+    conf = json.loads(path.read_text())["configurations"][name]
+    assert conf["patch_size"] == [98, 84]  # multiples of 14
+    assert 2 <= conf["batch_size"] <= 12
+    assert conf["architecture"]["arch_kwargs"]["input_normalization"] == "none"  # z-scored channels
+    assert conf["architecture"]["arch_kwargs"]["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.05,
+                                                          "target_modules": ["qkv"]}
+
+
+def test_plan_without_nnunet_plans_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    (tmp_path / "Dataset321_Unplanned").mkdir()  # fingerprint only, say: no plans yet
+    with pytest.raises(FileNotFoundError, match="nnUNetv2_plan_and_preprocess -d 321"):
+        plan(321, load_config())
+
+
+def test_untrained_configuration_may_be_replanned(tmp_path, monkeypatch):
+    path = _minimal_plans(tmp_path, monkeypatch, schemes=("RGBTo01Normalization",) * 3)
+    plan(123, load_config({"model": TINY_MODEL}), verbose=False)
+    plan(123, load_config({"model": {**TINY_MODEL, "decoder_hidden_size": 16}}), verbose=False)
+    conf = json.loads(path.read_text())["configurations"]["2d_segformer_dinov2_small"]
+    assert conf["architecture"]["arch_kwargs"]["model_kwargs"]["decoder_hidden_size"] == 16
+    assert conf["architecture"]["arch_kwargs"]["input_normalization"] == "backbone"
+
+
+# -- CLI -------------------------------------------------------------------------------
+
+
+def test_ext_trainer_path_keeps_user_entries(monkeypatch):
+    monkeypatch.setenv("nnUNet_extTrainer", "/my/trainers")
+    value = ensure_ext_trainer_path()
+    assert value.split(":") == ["/my/trainers", EXT_TRAINER_DIR]
+    assert ensure_ext_trainer_path() == value
+
+
+def test_nnunet_finds_the_bridge_trainer_by_name(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnunet_bridge.trainer import nnUNetTrainer_segformer, nnUNetTrainerSegZoo
+
+    monkeypatch.setenv("nnUNet_extTrainer", EXT_TRAINER_DIR)
+    assert recursive_find_trainer_class_by_name("nnUNetTrainerSegZoo") is nnUNetTrainerSegZoo
+    assert recursive_find_trainer_class_by_name("nnUNetTrainer_segformer") is nnUNetTrainer_segformer
+
+
+@pytest.mark.parametrize("command", ["plan", "train", "predict", "env", "demo"])
+def test_every_command_has_help(command):
+    result = subprocess.run([sys.executable, "-m", "nnunet_bridge.cli", command, "-h"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage: segzoo-nnunet " + command in result.stdout
+
+
+def test_env_prints_the_export_line():
+    result = subprocess.run([sys.executable, "-m", "nnunet_bridge.cli", "env"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == f"export nnUNet_extTrainer={EXT_TRAINER_DIR}"
+
+
+def test_lora_kwargs_reach_create_model_or_fail_clearly():
+    """LoRA comes from segzoo.lora (issue 4); without it the builder says so instead of a TypeError."""
+    import importlib.util
+
+    from nnunet_bridge.network import build_zoo_network
+
+    config = load_config({"model": TINY_MODEL, "lora": {"enabled": True, "r": 4}})
+    kwargs = arch_kwargs_from_config(config, "backbone")
+    if importlib.util.find_spec("segzoo.lora") is None:
+        with pytest.raises(RuntimeError, match="lora.enabled: false"):
+            build_zoo_network(3, 2, **kwargs)
+    else:
+        network = build_zoo_network(3, 2, **kwargs)
+        assert any("lora_" in key for key in network.state_dict())
+        assert network.model.model_kwargs["lora"]["r"] == 4

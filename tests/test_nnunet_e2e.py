@@ -1,0 +1,286 @@
+"""End to end through real nnU-Net v2 on a tiny synthetic fundus dataset with a tiny zoo model.
+
+plan_and_preprocess -> segzoo-nnunet plan -> train (validation writes summary.json) ->
+segzoo-nnunet predict == stock nnUNetv2_predict -> --c continues -> kill mid-run and
+continue -> -pretrained_weights across class counts -> a 1-channel dataset through the
+seed plan's entry point. Preprocessing happens once per dataset (module fixtures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from nnunet_bridge.synthetic import write_fundus_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+RGB_ID, GREY_ID = 990, 991
+CONFIG_NAME = "2d_segformer_dinov3_small"
+TINY_CONFIG = {
+    "model": {
+        "name": "segformer_dinov3_small",
+        "pretrained": False,
+        "decoder_hidden_size": 32,
+        "kwargs": {"backbone_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}},
+    },
+    "lora": {"enabled": False},
+    "train": {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1,
+              "warmup_epochs": 1, "save_every": 1},
+}
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def nn_env():
+    """nnU-Net folders with the RGB and the 1-channel dataset planned and preprocessed (2d)."""
+    # a private folder: pytest's shared basetemp is pruned by concurrent pytest runs
+    base = Path(tempfile.mkdtemp(prefix="segzoo_nnunet_e2e_"))
+    try:
+        yield _prepare(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _prepare(base: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "preprocessed"),
+        nnUNet_results=str(base / "results"), nnUNet_def_n_proc="1", PYTHONPATH=str(ROOT),
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", nnUNet_compile="f",
+    )
+    env.pop("nnUNet_extTrainer", None)
+    write_fundus_dataset(env["nnUNet_raw"], RGB_ID, num_train=6, num_test=2, size=64, channels=3)
+    write_fundus_dataset(env["nnUNet_raw"], GREY_ID, name="SyntheticGrey", num_train=6, num_test=1, size=64,
+                         channels=1, seed=1)
+    for dataset in (RGB_ID, GREY_ID):
+        _run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset), "-c", "2d", "-np", "1", "-npfp", "1"], env)
+    config_file = base / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(TINY_CONFIG))
+    # nnU-Net's planner needs >= 1 data-augmentation worker; training runs them in-process
+    train_env = dict(env, nnUNet_n_proc_DA="0")
+    return {"env": env, "train_env": train_env, "base": base, "config": config_file}
+
+
+def test_plan_adds_an_inheriting_zoo_configuration(nn_env):
+    out = _bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"])], nn_env["env"])
+    assert CONFIG_NAME in out
+    plans = _plans(nn_env, RGB_ID)
+    conf = plans["configurations"][CONFIG_NAME]
+    assert conf["inherits_from"] == "2d"
+    assert conf["architecture"]["network_class_name"] == "nnunet_bridge.network.build_zoo_network"
+    kwargs = conf["architecture"]["arch_kwargs"]
+    assert kwargs["model_name"] == "segformer_dinov3_small" and kwargs["lora"] is None
+    assert kwargs["input_normalization"] == "backbone"  # channels named rgb_to_0_1
+    assert all(s % 16 == 0 for s in conf["patch_size"])
+    assert conf["segzoo"]["train"]["batch_size"] == conf["batch_size"] >= 2
+
+
+def test_train_validate_predict_continue(nn_env):
+    env, train_env = nn_env["env"], nn_env["train_env"]
+    _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], train_env)
+    fold = _fold_dir(nn_env, RGB_ID, 0)
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "2"} and "Dice" in summary["foreground_mean"]
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2 and final["trainer_name"] == "nnUNetTrainerSegZoo"
+    assert final["segzoo_config"]["model"]["name"] == "segformer_dinov3_small"
+    assert final["segzoo_arch"]["model_name"] == "segformer_dinov3_small"
+    assert final["lr_scheduler_state"]["last_epoch"] == 1
+    assert yaml.safe_load((fold / "segzoo_config.yaml").read_text())["train"]["num_epochs"] == 2
+    assert not list(fold.glob("*.tmp"))
+
+    # predictions: the bridge command and stock nnUNetv2_predict give identical files
+    images = Path(env["nnUNet_raw"]) / f"Dataset{RGB_ID}_SyntheticFundus" / "imagesTs"
+    ours, stock = nn_env["base"] / "pred_ours", nn_env["base"] / "pred_stock"
+    common = ["-i", str(images), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-npp", "1", "-nps", "1"]
+    _bridge(["predict", "-o", str(ours), *common, "-device", "cpu"], env)
+    ext = _bridge(["env"], env).strip().split("=", 1)[1]
+    _run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo", "-device", "cpu"],
+         dict(env, nnUNet_extTrainer=ext))
+    names = sorted(p.name for p in ours.glob("*.png"))
+    assert names == sorted(p.name for p in stock.glob("*.png")) and len(names) == 2
+    for name in names:
+        a, b = np.asarray(Image.open(ours / name)), np.asarray(Image.open(stock / name))
+        assert a.shape == (64, 64) and np.array_equal(a, b)
+
+    # --c continues from the saved epoch (with a longer schedule from a train-time YAML)
+    longer = nn_env["base"] / "longer.yaml"
+    longer.write_text(yaml.safe_dump({"train": {"num_epochs": 3}}))
+    _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu", "--c", "--config", str(longer)], train_env)
+    assert _epochs_logged(_latest_log(fold)) == [2]
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["current_epoch"] == 3 and resumed["segzoo_config"]["train"]["num_epochs"] == 3
+
+    # a trained configuration is immutable: re-planning it with another model is refused
+    changed = nn_env["base"] / "changed.yaml"
+    changed.write_text(yaml.safe_dump({**TINY_CONFIG, "model": {**TINY_CONFIG["model"], "decoder_hidden_size": 16}}))
+    err = _bridge(["plan", str(RGB_ID), "--config", str(changed)], env, expect_fail=True)
+    assert "already trained" in err and "decoder_hidden_size" in err
+
+
+def test_kill_mid_run_then_continue(nn_env):
+    train_env = nn_env["train_env"]
+    long_run = nn_env["base"] / "long.yaml"
+    long_run.write_text(yaml.safe_dump({"train": {"num_epochs": 40}}))
+    fold = nn_env["base"] / "results" / f"Dataset{RGB_ID}_SyntheticFundus" / f"nnUNetTrainerSegZoo__nnUNetPlans__{CONFIG_NAME}" / "fold_1"
+    cmd = [sys.executable, "-m", "nnunet_bridge.cli", "train", str(RGB_ID), CONFIG_NAME, "1", "-device", "cpu",
+           "--config", str(long_run)]
+    proc = subprocess.Popen(cmd, env=train_env, cwd=nn_env["base"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not (fold / "checkpoint_latest.pth").exists():
+            assert proc.poll() is None, "training exited before writing a checkpoint"
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.5)
+        time.sleep(2.5)  # land somewhere inside a later epoch, possibly mid-save
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)  # never torn
+    epoch = saved["current_epoch"]
+    assert 1 <= epoch < 40
+    finish = nn_env["base"] / "finish.yaml"
+    finish.write_text(yaml.safe_dump({"train": {"num_epochs": epoch + 1}}))
+    _bridge(["train", str(RGB_ID), CONFIG_NAME, "1", "-device", "cpu", "--c", "--config", str(finish)], train_env)
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == epoch + 1
+    assert (fold / "validation" / "summary.json").is_file()
+
+
+def test_pretrained_weights_from_a_run_with_other_classes(nn_env, monkeypatch, capsys):
+    """-pretrained_weights: same zoo model, 4 classes instead of 3 -> everything but the classifier loads."""
+    from nnunet_bridge.trainer import PRETRAINED_WEIGHTS_ENV, CheckpointLayoutError, nnUNetTrainerSegZoo
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    source = _fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth"
+    monkeypatch.setenv(PRETRAINED_WEIGHTS_ENV, str(source))
+    plans, dataset_json = _plans(nn_env, RGB_ID), _dataset_json(nn_env, RGB_ID)
+    dataset_json["labels"] = {**dataset_json["labels"], "cup": 3}
+    trainer = nnUNetTrainerSegZoo(dict(plans, continue_training=False), CONFIG_NAME, 4, dataset_json,
+                                  device=torch.device("cpu"))
+    trainer.initialize()
+    log = capsys.readouterr().out
+    assert "Re-initialised (different number of classes)" in log and "classifier" in log
+    own = trainer.network.state_dict()
+    weights = torch.load(source, map_location="cpu", weights_only=False)["network_weights"]
+    key = next(k for k in weights if "blocks.0.attn.qkv.weight" in k)
+    torch.testing.assert_close(own[key], weights[key])
+    assert own["model.decode_head.classifier.weight"].shape[0] == 4
+
+    # loading that 3-class checkpoint to continue a 4-class run is an error naming the keys
+    with pytest.raises(CheckpointLayoutError, match="classifier"):
+        trainer.load_checkpoint(str(source))
+
+
+def test_unavailable_pretrained_weights_fail_with_the_fix(nn_env, monkeypatch):
+    """pretrained: true offline -> an error saying how to train from scratch or use a local file."""
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plans = _plans(nn_env, RGB_ID)
+    plans["configurations"][CONFIG_NAME]["segzoo"]["model"]["pretrained"] = True
+    trainer = nnUNetTrainerSegZoo(dict(plans, continue_training=False), CONFIG_NAME, 3, _dataset_json(nn_env, RGB_ID),
+                                  device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="model.pretrained: false"):
+        trainer.initialize()
+
+    # --c / --val restore every weight from the checkpoint: no download is attempted
+    resumed = nnUNetTrainerSegZoo(dict(plans, continue_training=True), CONFIG_NAME, 3,
+                                  _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
+    resumed.load_checkpoint(str(_fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth"))
+    assert resumed.current_epoch == 3
+
+
+def test_one_channel_dataset_through_the_seed_entry_point(nn_env):
+    train_env = nn_env["train_env"]
+    _run([sys.executable, str(ROOT / "nnUNetv2_train_segformer.py"), str(GREY_ID), "2d", "0",
+          "--segformer_config", str(nn_env["config"]), "-device", "cpu"], train_env)
+    conf = _plans(nn_env, GREY_ID)["configurations"][CONFIG_NAME]
+    assert conf["architecture"]["arch_kwargs"]["input_normalization"] == "none"  # nnU-Net z-scores it
+    fold = _fold_dir(nn_env, GREY_ID, 0, dataset_name="SyntheticGrey")
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    patch_embed = next(v for k, v in final["network_weights"].items() if k.endswith("patch_embed.proj.weight"))
+    assert patch_embed.shape[1] == 1
+    assert (fold / "validation" / "summary.json").is_file()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
+    result = subprocess.run(cmd, env=env, cwd=env["nnUNet_raw"].rsplit("/", 1)[0], capture_output=True, text=True,
+                            timeout=600)
+    output = result.stdout + result.stderr
+    if expect_fail:
+        assert result.returncode != 0, f"expected {cmd} to fail:\n{output[-3000:]}"
+    else:
+        assert result.returncode == 0, f"{cmd} failed ({result.returncode}):\n{output[-5000:]}"
+    return output
+
+
+def _bridge(args: list[str], env: dict, expect_fail: bool = False) -> str:
+    return _run([sys.executable, "-m", "nnunet_bridge.cli", *args], env, expect_fail)
+
+
+def _plans(nn_env, dataset_id: int) -> dict:
+    folder = next(Path(nn_env["env"]["nnUNet_preprocessed"]).glob(f"Dataset{dataset_id}_*"))
+    return json.loads((folder / "nnUNetPlans.json").read_text())
+
+
+def _dataset_json(nn_env, dataset_id: int) -> dict:
+    folder = next(Path(nn_env["env"]["nnUNet_preprocessed"]).glob(f"Dataset{dataset_id}_*"))
+    return json.loads((folder / "dataset.json").read_text())
+
+
+def _fold_dir(nn_env, dataset_id: int, fold: int, dataset_name: str = "SyntheticFundus") -> Path:
+    return (Path(nn_env["env"]["nnUNet_results"]) / f"Dataset{dataset_id}_{dataset_name}"
+            / f"nnUNetTrainerSegZoo__nnUNetPlans__{CONFIG_NAME}" / f"fold_{fold}")
+
+
+def _latest_log(fold: Path) -> str:
+    return max(fold.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns).read_text()
+
+
+def _epochs_logged(log: str) -> list[int]:
+    return [int(m) for m in re.findall(r": Epoch (\d+) ", log)]
+
+
+def test_demo_runs_end_to_end_small():
+    """`segzoo-nnunet demo` at toy settings: Dice per class printed and the side-by-side PNG written."""
+    out = Path(tempfile.mkdtemp(prefix="segzoo_demo_"))
+    try:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), nnUNet_def_n_proc="1", HF_HUB_OFFLINE="1")
+        for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+            env.pop(key, None)  # the demo keeps its nnU-Net folders under --out
+        result = subprocess.run(
+            [sys.executable, "-m", "nnunet_bridge.cli", "demo", "--out", str(out), "--epochs", "1",
+             "--iterations", "2", "--cases", "5", "--size", "64"],
+            env=env, cwd=out, capture_output=True, text=True, timeout=600)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output[-5000:]
+        assert re.search(r"vessel\s+\d\.\d{3}", output) and re.search(r"optic_disc\s+\d\.\d{3}", output)
+        figure = Image.open(out / "demo_predictions.png")
+        assert figure.size == (64 * 3 * 2, 64 * 4 * 2)
+        assert len(list((out / "predictions").glob("*.png"))) == 6
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
