@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import segzoo  # noqa: E402
+from segzoo.necks import SimpleFeaturePyramid  # noqa: E402
 
 
 @dataclass
@@ -68,18 +69,22 @@ def build_variants(name: str, args: argparse.Namespace) -> dict[str, nn.Module]:
         kwargs["backbone_kwargs"] = dict(img_size=args.img_size)  # fixed size: no dynamic shapes to trace
     model = segzoo.create_model(name, **kwargs)
     variants = {"backbone": BackboneAlone(model.backbone), "model": model}
-    if "neck" in model.model_kwargs or hasattr(model, "neck"):
+    if isinstance(model.neck, SimpleFeaturePyramid) and name.startswith("segformer_"):
+        # the seed plan's layout: the same head on four same-stride maps
         variants["seed"] = segzoo.create_model(name, neck="none", **kwargs)
     return {k: variants[k] for k in ("backbone", "seed", "model") if k in variants}
 
 
-def loss_of(output, target: torch.Tensor) -> torch.Tensor:
-    if isinstance(output, (list, tuple)):
+def loss_of(module: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
+    if isinstance(output, (list, tuple)):  # backbone alone
         return sum(o.float().mean() for o in output)
+    if hasattr(module, "compute_loss"):  # set-prediction models (Mask2Former) train with their own loss
+        return module.compute_loss(output, target)
     return F.cross_entropy(output.float(), target)
 
 
 def forward_flops(module: nn.Module, x: torch.Tensor) -> float:
+    module.eval()  # one image: train-mode batch norm (UperNet's pooling) needs two
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(x[:1])
     return float(counter.get_total_flops())
@@ -129,7 +134,7 @@ def _train_step(runnable, module, optimizer, x, target, amp_dtype, device) -> Ca
         module.train()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_of(runnable(x), target)
+            loss = loss_of(module, runnable(x), target)
         loss.backward()
         optimizer.step()
 

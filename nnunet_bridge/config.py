@@ -78,6 +78,8 @@ class TrainConfig:
 
     initial_lr: Optional[float] = None  # None -> 1e-4 with pretrained weights, 3e-4 from scratch
     weight_decay: float = 5e-2
+    layer_decay: float = 1.0  # per-block LR factor through the ViT (e.g. 0.75 to fine-tune pretrained); 1 = off
+    head_lr_mult: float = 1.0  # LR multiplier of neck and head relative to initial_lr
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     gradient_clip: float = 1.0  # max global grad norm; 0 disables clipping
     warmup_epochs: int = 50  # linear warm-up, then poly decay (exponent below) to num_epochs

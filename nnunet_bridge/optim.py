@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -47,31 +46,17 @@ class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
 
-def build_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters in optimiser groups.
+def build_param_groups(
+    model: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0, head_lr_mult: float = 1.0
+) -> list[dict[str, Any]]:
+    """Trainable parameters in optimiser groups, by :func:`segzoo.optim.param_groups`.
 
-    Uses ``segzoo.optim.param_groups`` where the installed segzoo has it (LoRA-aware:
-    adapters, neck and head may get their own rates); otherwise two groups: weights with
-    decay, and biases / norms / position embeddings / tokens without (as timm does).
-    Frozen parameters (LoRA's base weights) are left out either way.
+    No weight decay on biases, norms, position embeddings and tokens; frozen parameters
+    (LoRA's base weights) left out; optional layer-wise LR decay through the ViT blocks and
+    a neck/head LR multiplier. ``model`` may be the bridge's network wrapper.
     """
-    try:
-        from segzoo.optim import param_groups as zoo_param_groups  # type: ignore[import-not-found]
-    except ImportError:
-        zoo_param_groups = None
-    if zoo_param_groups is not None:
-        accepted = inspect.signature(zoo_param_groups).parameters
-        offered = {"lr": lr, "weight_decay": weight_decay}
-        return list(zoo_param_groups(model, **{k: v for k, v in offered.items() if k in accepted}))
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_no_decay = param.ndim <= 1 or name.endswith(".bias") or any(
-            token in name for token in ("pos_embed", "cls_token", "reg_token", "register_tokens", "mask_token")
-        )
-        (no_decay if is_no_decay else decay).append(param)
-    if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters (is everything frozen?)")
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+    from segzoo.optim import param_groups
+
+    zoo_model = getattr(model, "model", model)  # ZooNetwork wraps the zoo model
+    return param_groups(zoo_model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+                        head_lr_mult=head_lr_mult)

@@ -52,7 +52,7 @@ def param_groups(
         rescale groups) and ``param_names`` (for inspection; optimizers ignore it).
     """
     _check(lr, weight_decay, layer_decay, head_lr_mult)
-    num_blocks = _num_blocks(model)
+    num_blocks = _num_blocks(model, needed=layer_decay != 1.0)
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -99,13 +99,17 @@ def _is_no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or last == "bias" or last in _NO_DECAY_NAMES
 
 
-def _num_blocks(model: nn.Module) -> int:
-    blocks = getattr(getattr(getattr(model, "backbone", None), "model", None), "blocks", None)
-    if blocks is None:
+def _num_blocks(model: nn.Module, needed: bool = True) -> int:
+    """Blocks of the plain ViT; 0 for other encoders (MiT), which then only work without layer decay."""
+    backbone = getattr(model, "backbone", None)
+    blocks = getattr(getattr(backbone, "model", None), "blocks", None)
+    if blocks is None and (needed or backbone is None):
         raise TypeError(
-            f"param_groups expects a segzoo model (with .backbone.model.blocks), got {type(model).__name__}"
+            f"layer-wise LR decay needs a segzoo ViT model (with .backbone.model.blocks), got "
+            f"{type(model).__name__}{' with a ' + type(backbone).__name__ if backbone is not None else ''}; "
+            "pass layer_decay=1.0 for other encoders"
         )
-    return len(blocks)
+    return len(blocks) if blocks is not None else 0
 
 
 def _check(lr: float, weight_decay: float, layer_decay: float, head_lr_mult: float) -> None:

@@ -61,5 +61,14 @@ def test_bad_arguments(tiny):
         p.requires_grad = False
     with pytest.raises(ValueError, match="no trainable parameters"):
         param_groups(model, lr=1e-3)
-    with pytest.raises(TypeError, match="expects a segzoo model"):
+    with pytest.raises(TypeError, match="needs a segzoo ViT model"):
         param_groups(torch.nn.Linear(2, 2), lr=1e-3)
+
+
+def test_non_vit_encoder_works_without_layer_decay_and_says_why_with_it():
+    mit = segzoo.create_model("segformer_mit_b0", num_classes=2, decoder_hidden_size=32, backbone_kwargs=dict(
+        hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 2]))
+    groups = param_groups(mit, lr=1e-3, layer_decay=1.0)
+    assert sum(len(g["params"]) for g in groups) == len(list(mit.parameters()))
+    with pytest.raises(TypeError, match="pass layer_decay=1.0 for other encoders"):
+        param_groups(mit, lr=1e-3, layer_decay=0.75)

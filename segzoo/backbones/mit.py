@@ -81,6 +81,7 @@ class MiTBackbone(nn.Module):
         self.patch_size = int(config.strides[0])
         self.in_chans = int(config.num_channels)
         self.out_channels = list(config.hidden_sizes)
+        _install_output_hooks(model)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(x, output_hidden_states=True).hidden_states)
@@ -100,3 +101,14 @@ class MiTBackbone(nn.Module):
 def create_mit_backbone(config: SegformerConfig) -> MiTBackbone:
     """Build MiT from a ``SegformerConfig`` (see :func:`mit_segformer_config`)."""
     return MiTBackbone(SegformerModel(config))
+
+
+def _install_output_hooks(model: SegformerModel) -> None:
+    """transformers 5 installs its hidden-state capturing hooks on the first forward, under a
+    threading lock that torch.compile cannot trace (a graph break); install them now."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # transformers 4 returns hidden states without hooks
+        return
+    maybe_install_capturing_hooks(model)
+
