@@ -50,8 +50,8 @@ class ModelConfig:
     head: str = "segformer"  # segformer | upernet | mask2former (used when name is "")
     backbone: str = "dinov3"  # dinov3 | dinov2 | dinov2_reg4 | retfound | retfound_dinov2 | visionfm
     backbone_size: str = "large"  # small | base | large | giant
-    decoder_hidden_size: int = 256
-    neck: str = "pyramid"  # pyramid (strides 4-32) | none (the seed plan's same-stride maps)
+    decoder_hidden_size: Optional[int] = None  # None -> the head's own default (SegFormer 256, UperNet 512)
+    neck: Optional[str] = None  # pyramid (ViT default: strides 4-32) | none (the seed plan's same-stride maps)
     pretrained: bool = True  # load the backbone's published weights in the trainer (never at inference)
     pretrained_tag: str = ""  # e.g. "lvd1689m", "sat493m"; "" -> the model's default tag
     checkpoint_path: str = ""  # local backbone weights (RETFound, VisionFM, Meta's own DINOv3 files)

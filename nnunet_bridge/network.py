@@ -9,7 +9,6 @@ never downloads weights: the trainer loads pretrained weights in ``initialize``.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
@@ -96,11 +95,6 @@ def create_zoo_model(
         raise ValueError("the plans' arch_kwargs lack model_name; re-run `segzoo-nnunet plan`")
     kwargs = dict(model_kwargs or {})
     if lora:
-        if importlib.util.find_spec("segzoo.lora") is None:
-            raise RuntimeError(
-                "this configuration uses LoRA but the installed segzoo has no segzoo.lora; "
-                "update segzoo or set lora.enabled: false"
-            )
         kwargs["lora"] = dict(lora)
     return segzoo.create_model(model_name, num_classes=num_classes, in_chans=in_chans, **kwargs, **extra)
 
@@ -114,11 +108,14 @@ def arch_kwargs_from_config(config: Any, input_normalization: str) -> dict[str, 
     if model.pretrained_tag:
         name = f"{name}.{model.pretrained_tag}"
     model_kwargs: dict[str, Any] = dict(
-        decoder_hidden_size=int(model.decoder_hidden_size),
-        neck=str(model.neck),
         drop_path_rate=float(model.drop_path_rate),
         grad_checkpointing=bool(model.grad_checkpointing),
     )
+    # unset -> the model's own default (UperNet's width differs from SegFormer's; MiT takes no neck)
+    if model.decoder_hidden_size is not None:
+        model_kwargs["decoder_hidden_size"] = int(model.decoder_hidden_size)
+    if model.neck is not None:
+        model_kwargs["neck"] = str(model.neck)
     model_kwargs.update(_plain(model.kwargs))
     lora = None
     if config.lora.enabled:

@@ -29,7 +29,7 @@ TINY_MODEL = {"name": "segformer_dinov2_small", "pretrained": False, "decoder_hi
 def test_defaults_follow_the_seed_plan_names_and_primus_values():
     config = load_config()
     assert zoo_model_name(config) == "segformer_dinov3_large"
-    assert config.model.decoder_hidden_size == 256 and config.model.checkpoint_path == ""
+    assert config.model.decoder_hidden_size is None and config.model.checkpoint_path == ""
     assert config.lora.enabled and config.lora.r == 8 and config.lora.lora_alpha == 16
     assert list(config.lora.target_modules) == ["qkv"] and config.lora.lora_dropout == 0.05
     assert config.train.weight_decay == 5e-2 and config.train.gradient_clip == 1.0
@@ -214,18 +214,24 @@ def test_env_prints_the_export_line():
     assert result.stdout.strip() == f"export nnUNet_extTrainer={EXT_TRAINER_DIR}"
 
 
-def test_lora_kwargs_reach_create_model_or_fail_clearly():
-    """LoRA comes from segzoo.lora (issue 4); without it the builder says so instead of a TypeError."""
-    import importlib.util
-
+def test_lora_kwargs_reach_create_model():
     from nnunet_bridge.network import build_zoo_network
 
     config = load_config({"model": TINY_MODEL, "lora": {"enabled": True, "r": 4}})
     kwargs = arch_kwargs_from_config(config, "backbone")
-    if importlib.util.find_spec("segzoo.lora") is None:
-        with pytest.raises(RuntimeError, match="lora.enabled: false"):
-            build_zoo_network(3, 2, **kwargs)
-    else:
-        network = build_zoo_network(3, 2, **kwargs)
-        assert any("lora_" in key for key in network.state_dict())
-        assert network.model.model_kwargs["lora"]["r"] == 4
+    network = build_zoo_network(3, 2, **kwargs)
+    assert any("lora_" in key for key in network.state_dict())
+    assert network.model.model_kwargs["lora"]["r"] == 4
+    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or not n.startswith("model.backbone.") for n in trainable)
+
+
+def test_head_defaults_apply_when_the_config_leaves_them_unset():
+    from nnunet_bridge.network import build_zoo_network
+
+    tiny = {k: v for k, v in TINY_MODEL.items() if k != "decoder_hidden_size"}
+    kwargs = arch_kwargs_from_config(load_config({"model": {**tiny, "name": "upernet_dinov2_small"},
+                                                  "lora": {"enabled": False}}), "backbone")
+    assert "decoder_hidden_size" not in kwargs["model_kwargs"] and "neck" not in kwargs["model_kwargs"]
+    network = build_zoo_network(3, 2, **kwargs)
+    assert network.model.decode_head.classifier.in_channels == 512  # UperNet's own width, not SegFormer's 256
