@@ -1,27 +1,40 @@
-"""mkdocs hook: pages generated from the code at build time, so they cannot go stale.
+"""mkdocs hook: pages and tables generated from the code at build time, so they cannot go stale.
 
-``models.md`` is rendered from the registry: a registered model cannot be missing from
-the docs, and nothing in the table is written by hand.
+``models.md`` is rendered from the registry and ``config.md`` from the bridge's config
+dataclasses: whole pages, nothing in them written by hand. Hand-written pages pull in a
+generated part with a marker line ``<!-- generated: module:function -->`` (e.g. the
+weights table in ``weights.md``); an unknown marker fails the build.
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 import sys
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
 
 ROOT = str(Path(__file__).resolve().parents[1])
-GENERATED = {"models.md": "segzoo.docs_gen:render_model_table"}
+GENERATED = {
+    "models.md": "segzoo.docs_gen:render_model_table",
+    "config.md": "nnunet_bridge.docs_config:render_config_reference",
+}
+MARKER = re.compile(r"^<!-- generated: ([\w.]+:\w+) -->$", re.M)
 
 
 def on_files(files: Files, config) -> Files:
-    import importlib
+    for page, target in GENERATED.items():
+        files.append(File.generated(config, page, content=_render(target)))
+    return files
 
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    return MARKER.sub(lambda match: _render(match.group(1)), markdown)
+
+
+def _render(target: str) -> str:
     if ROOT not in sys.path:  # building from a checkout without installing
         sys.path.insert(0, ROOT)
-    for page, target in GENERATED.items():
-        module_name, func_name = target.split(":")
-        render = getattr(importlib.import_module(module_name), func_name)
-        files.append(File.generated(config, page, content=render()))
-    return files
+    module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)()

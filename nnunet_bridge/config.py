@@ -17,7 +17,7 @@ learning rate defaults to 1e-4 for pretrained backbones and to Primus' 3e-4 from
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
@@ -42,64 +42,76 @@ LR_PRETRAINED = 1e-4  # fine-tuning a pretrained ViT
 LR_FROM_SCRATCH = 3e-4  # nnU-Net's Primus trainer
 
 
+def _field(default: Any = MISSING, help: str = "", factory: Any = MISSING) -> Any:
+    """A dataclass field whose ``help`` (in ``metadata``) documents it: the configuration
+    reference in the docs is generated from these (``nnunet_bridge.docs_config``)."""
+    return field(default=default, default_factory=factory, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
     """Which zoo model to build and where its backbone weights come from."""
 
-    name: str = ""  # registered zoo name; "" -> f"{head}_{backbone}_{backbone_size}"
-    head: str = "segformer"  # segformer | upernet | mask2former (used when name is "")
-    backbone: str = "dinov3"  # dinov3 | dinov2 | dinov2_reg4 | retfound | retfound_dinov2 | visionfm
-    backbone_size: str = "large"  # small | base | large | giant
-    decoder_hidden_size: Optional[int] = None  # None -> the head's own default (SegFormer 256, UperNet 512)
-    neck: Optional[str] = None  # pyramid (ViT default: strides 4-32) | none (the seed plan's same-stride maps)
-    pretrained: bool = True  # load the backbone's published weights in the trainer (never at inference)
-    pretrained_tag: str = ""  # e.g. "lvd1689m", "sat493m"; "" -> the model's default tag
-    checkpoint_path: str = ""  # local backbone weights (RETFound, VisionFM, Meta's own DINOv3 files)
-    drop_path_rate: float = 0.0
-    grad_checkpointing: bool = False
-    input_normalization: str = "auto"  # auto | backbone | none (see nnunet_bridge.plans)
-    kwargs: dict = field(default_factory=dict)  # any further create_model kwargs, e.g. backbone_kwargs
+    name: str = _field("", "registered zoo name, optionally with a tag; \"\" -> `{head}_{backbone}_{backbone_size}`")
+    head: str = _field("segformer", "segformer | upernet | mask2former (used when `name` is \"\")")
+    backbone: str = _field("dinov3", "dinov3 | dinov2 | dinov2_reg4 | retfound | retfound_dinov2 | visionfm")
+    backbone_size: str = _field("large", "small | base | large | giant (the sizes the backbone family has)")
+    decoder_hidden_size: Optional[int] = _field(None, "decode head width (SegFormer's MLP, UperNet's channels); "
+                                                      "null -> the head's own default (SegFormer 256, UperNet 512)")
+    neck: Optional[str] = _field(None, "pyramid (strides 4/8/16/32) | none (the seed plan's same-stride maps); "
+                                       "null -> the model's default (pyramid for ViTs; MiT takes none)")
+    pretrained: bool = _field(True, "load the backbone's published weights in the trainer (never at inference)")
+    pretrained_tag: str = _field("", "weights tag, e.g. \"lvd1689m\", \"sat493m\"; \"\" -> the model's default tag")
+    checkpoint_path: str = _field("", "local backbone weights in their published layout (RETFound, VisionFM, "
+                                      "Meta's own DINOv3 files); wins over `pretrained`")
+    drop_path_rate: float = _field(0.0, "stochastic depth rate of the ViT blocks")
+    grad_checkpointing: bool = _field(False, "timm's activation checkpointing in the backbone: less memory, more time")
+    input_normalization: str = _field("auto", "auto | backbone | none: whether the network applies the backbone's "
+                                              "mean/std (auto: only when every channel is scaled to [0, 1])")
+    kwargs: dict = _field(help="further `segzoo.create_model` kwargs, e.g. `{backbone_kwargs: {depth: 2}}`", factory=dict)
 
 
 @dataclass
 class LoraConfig:
     """peft LoRA on the backbone; the neck and head stay fully trainable."""
 
-    enabled: bool = True
-    r: int = 8
-    lora_alpha: int = 16
-    target_modules: List[str] = field(default_factory=lambda: ["qkv"])
-    lora_dropout: float = 0.05
+    enabled: bool = _field(True, "wrap the backbone with LoRA adapters and freeze its base weights")
+    r: int = _field(8, "adapter rank")
+    lora_alpha: int = _field(16, "LoRA scale numerator (updates are scaled by lora_alpha / r)")
+    target_modules: List[str] = _field(help="linear layers inside each ViT block to adapt (qkv, proj, fc1, fc2)",
+                                       factory=lambda: ["qkv"])
+    lora_dropout: float = _field(0.05, "dropout on the adapter input")
 
 
 @dataclass
 class TrainConfig:
     """Optimiser, schedule and loop lengths (nnU-Net's names where it has one)."""
 
-    initial_lr: Optional[float] = None  # None -> 1e-4 with pretrained weights, 3e-4 from scratch
-    weight_decay: float = 5e-2
-    layer_decay: float = 1.0  # per-block LR factor through the ViT (e.g. 0.75 to fine-tune pretrained); 1 = off
-    head_lr_mult: float = 1.0  # LR multiplier of neck and head relative to initial_lr
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
-    gradient_clip: float = 1.0  # max global grad norm; 0 disables clipping
-    warmup_epochs: int = 50  # linear warm-up, then poly decay (exponent below) to num_epochs
-    poly_exponent: float = 0.9
-    num_epochs: int = 1000
-    num_iterations_per_epoch: int = 250
-    num_val_iterations_per_epoch: int = 50
-    batch_size: Optional[int] = None  # None -> chosen for the model by `plan`
-    patch_size: Optional[List[int]] = None  # None -> nnU-Net's 2d patch snapped to the backbone patch
-    oversample_foreground_percent: float = 0.33
-    save_every: int = 5  # epochs between checkpoint_latest.pth writes (atomic)
+    initial_lr: Optional[float] = _field(None, "null -> 1e-4 with pretrained weights, 3e-4 from scratch")
+    weight_decay: float = _field(5e-2, "AdamW weight decay on weight matrices (none on norms, biases, embeddings)")
+    layer_decay: float = _field(1.0, "per-block LR factor through the ViT (e.g. 0.75 to fine-tune pretrained); 1 = off")
+    head_lr_mult: float = _field(1.0, "LR multiplier of neck and head relative to initial_lr")
+    betas: List[float] = _field(help="AdamW betas (Primus)", factory=lambda: [0.9, 0.98])
+    gradient_clip: float = _field(1.0, "max global gradient norm; 0 disables clipping")
+    warmup_epochs: int = _field(50, "linear warm-up epochs, then poly decay (poly_exponent) to num_epochs")
+    poly_exponent: float = _field(0.9, "exponent of the poly decay after warm-up")
+    num_epochs: int = _field(1000, "training epochs")
+    num_iterations_per_epoch: int = _field(250, "training iterations per epoch")
+    num_val_iterations_per_epoch: int = _field(50, "validation iterations per epoch (the pseudo-Dice curve)")
+    batch_size: Optional[int] = _field(None, "null -> chosen for the model by `segzoo-nnunet plan`")
+    patch_size: Optional[List[int]] = _field(None, "[height, width]; null -> nnU-Net's 2d patch size snapped to "
+                                                   "a multiple of the backbone patch size")
+    oversample_foreground_percent: float = _field(0.33, "share of each batch forced to contain foreground (nnU-Net)")
+    save_every: int = _field(5, "epochs between checkpoint_latest.pth writes (atomic)")
 
 
 @dataclass
 class SegZooNNUNetConfig:
     """Root configuration (the seed plan's ``SegFormernnUNetConfig``, generalised to the zoo)."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = _field(help="which zoo model and which backbone weights", factory=ModelConfig)
+    lora: LoraConfig = _field(help="peft LoRA on the backbone", factory=LoraConfig)
+    train: TrainConfig = _field(help="optimiser, schedule, loop lengths, batch and patch size", factory=TrainConfig)
 
 
 class ConfigError(ValueError):

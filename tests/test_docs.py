@@ -29,6 +29,9 @@ def test_docs_build_strict(tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "segformer_dinov3_large" in (tmp_path / "site" / "models" / "index.html").read_text()
+    assert "train.initial_lr" in (tmp_path / "site" / "config" / "index.html").read_text()
+    weights = (tmp_path / "site" / "weights" / "index.html").read_text()
+    assert "YukunZhou/RETFound_mae_natureCFP" in weights and "generated:" not in weights  # marker replaced
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
@@ -37,3 +40,44 @@ def test_doc_examples_run(page, capsys):
     for no_run, code in BLOCK.findall((DOCS / page).read_text()):
         if not no_run:
             exec(compile(code, f"{page} example", "exec"), namespace)
+
+
+def test_weights_table_covers_every_published_weight_set():
+    from segzoo.docs_gen import render_weights_table
+
+    table = render_weights_table()
+    for name in segzoo.list_models(pretrained=True):
+        cfg = segzoo.get_pretrained_cfg(name)
+        assert f"`{cfg.tag}`" in table
+        if cfg.hf_hub_id:
+            assert f"`{cfg.hf_hub_id}`" in table
+    assert "gated: request access" in table and "`YukunZhou/RETFound_mae_natureCFP`" in table
+    assert "not on the Hub" in table  # VisionFM: checkpoint_path only
+    assert "<!-- generated:" in (DOCS / "weights.md").read_text()
+
+
+def test_config_reference_lists_every_field_with_its_default_and_help():
+    import dataclasses
+
+    from nnunet_bridge.config import DEFAULT_CONFIG_PATH, SegZooNNUNetConfig
+    from nnunet_bridge.docs_config import config_reference_rows, render_config_reference
+
+    page = render_config_reference()
+    rows = config_reference_rows()
+    for section in dataclasses.fields(SegZooNNUNetConfig):
+        for leaf in dataclasses.fields(section.default_factory()):
+            key = f"{section.name}.{leaf.name}"
+            assert f"| `{key}` |" in page, key
+            assert leaf.metadata.get("help"), f"{key} has no help text in nnunet_bridge/config.py"
+    assert {r["key"] for r in rows} >= {"model.name", "lora.r", "train.initial_lr"}
+    assert "| `lora.target_modules` | list of str | `[qkv]` |" in page
+    assert "| `train.batch_size` | int or null | `null` |" in page
+    assert DEFAULT_CONFIG_PATH.read_text().strip() in page  # the shipped YAML, verbatim
+
+
+def test_config_reference_needs_no_nnunetv2():
+    # the docs (and segzoo users without the bridge's extra) must build without nnU-Net
+    code = ("import sys; import nnunet_bridge.docs_config as d; d.render_config_reference(); "
+            "assert not any(m.startswith('nnunetv2') for m in sys.modules), 'nnunetv2 imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
