@@ -96,7 +96,7 @@ def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: in
     _predict(configuration, raw / "imagesTs", predictions, torch.device(device))
     dice = dice_per_class(raw / "labelsTs", predictions)
     figure = out / "demo_predictions.png"
-    _write_figure(raw, predictions, figure)
+    _write_figure(raw, predictions, figure, dice)
 
     print("\nHeld-out Dice per class:")
     for name, value in dice.items():
@@ -141,7 +141,11 @@ def _predict(configuration: str, images: Path, output: Path, device) -> None:
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)
 
 
-def _write_figure(raw: Path, predictions: Path, path: Path, rows: int = 4, zoom: int = 2) -> None:
+def _write_figure(raw: Path, predictions: Path, path: Path, dice: dict[str, float], rows: int = 4,
+                  zoom: int = 2) -> None:
+    """Held-out cases as rows of image / truth / prediction, titled, with the Dice underneath."""
+    from PIL import ImageDraw
+
     tiles = []
     for image_file in sorted((raw / "imagesTs").glob("*_0000.png"))[:rows]:
         case = image_file.name[: -len("_0000.png")]
@@ -150,7 +154,18 @@ def _write_figure(raw: Path, predictions: Path, path: Path, rows: int = 4, zoom:
         pred = np.asarray(Image.open(predictions / f"{case}.png"))
         tiles.append(np.concatenate([image, _colour(truth), _colour(pred)], axis=1))
     grid = np.concatenate(tiles, axis=0)
-    Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST).save(path)
+    picture = Image.fromarray(grid).resize((grid.shape[1] * zoom, grid.shape[0] * zoom), Image.NEAREST)
+    header, footer = 24, 24
+    canvas = Image.new("RGB", (picture.width, picture.height + header + footer), "white")
+    canvas.paste(picture, (0, header))
+    draw = ImageDraw.Draw(canvas)
+    column = picture.width // 3
+    for i, title in enumerate(("image", "truth", "prediction")):
+        draw.text((i * column + column // 2, header // 2), title, fill="black", anchor="mm")
+    scores = ", ".join(f"{name} {value:.3f}" for name, value in dice.items())
+    draw.text((picture.width // 2, header + picture.height + footer // 2), f"held-out Dice: {scores}",
+              fill="black", anchor="mm")
+    canvas.save(path)
 
 
 def _colour(label: np.ndarray) -> np.ndarray:
