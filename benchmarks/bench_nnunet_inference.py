@@ -94,6 +94,7 @@ def setup(args: argparse.Namespace, workdir: Path):
     os.environ["nnUNet_results"] = str(workdir / "results")
     os.environ["nnUNet_raw"] = str(workdir / "raw")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["nnUNet_compile"] = "f"  # eager: the forward hooks time the modules themselves
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -182,8 +183,16 @@ def profile(fn: Callable[[], Any], network: nn.Module, args: argparse.Namespace)
     """torch.profiler over one sliding-window prediction: the ops outside the zoo model, by self time."""
     from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
 
-    handle = network.model.register_forward_pre_hook(lambda *_: setattr(network, "_bench_ctx", _enter(record_function("zoo_model"))))
-    post = network.model.register_forward_hook(lambda *_: network._bench_ctx.__exit__(None, None, None))
+    region: list[Any] = []
+
+    def enter(*_: Any) -> None:
+        region.append(record_function("zoo_model"))
+        region[-1].__enter__()
+
+    def leave(*_: Any) -> None:
+        region.pop().__exit__(None, None, None)
+
+    handle, post = network.model.register_forward_pre_hook(enter), network.model.register_forward_hook(leave)
     try:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
         with torch_profile(activities=activities) as prof:
@@ -191,13 +200,23 @@ def profile(fn: Callable[[], Any], network: nn.Module, args: argparse.Namespace)
     finally:
         handle.remove()
         post.remove()
-    # the zoo model's ops are children of "zoo_model"; the top level holds what runs outside it
-    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
-
-
-def _enter(ctx):
-    ctx.__enter__()
-    return ctx
+    # the zoo model's ops are descendants of "zoo_model"; every other op ran outside the model
+    outside: dict[str, list[float]] = {}
+    inside_us = 0.0
+    for event in prof.events():
+        if event.name == "zoo_model":
+            inside_us += event.cpu_time_total
+            continue
+        parent = event.cpu_parent
+        while parent is not None and parent.name != "zoo_model":
+            parent = parent.cpu_parent
+        if parent is None:
+            entry = outside.setdefault(event.name, [0.0, 0])
+            entry[0] += event.self_cpu_time_total
+            entry[1] += 1
+    print(f"profile: {inside_us / 1e6:.2f} s inside the zoo model; ops outside it by self CPU time:")
+    for name, (us, calls) in sorted(outside.items(), key=lambda kv: -kv[1][0])[:args.profile_rows]:
+        print(f"  {us / 1e3:9.1f} ms  {calls:6d} calls  {name}")
 
 
 def _spread(values: list[float]) -> list[float]:
@@ -268,6 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's table of one prediction")
+    parser.add_argument("--profile-rows", type=int, default=20)
     parser.add_argument("--machine", default=platform.node(), help="a name for the machine in the output")
     parser.add_argument("--json", type=Path, default=None, help="also append the JSON lines to this file")
     return parser.parse_args(argv)
