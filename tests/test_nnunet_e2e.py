@@ -280,7 +280,10 @@ def test_demo_runs_end_to_end_small():
         assert result.returncode == 0, output[-5000:]
         assert re.search(r"vessel\s+\d\.\d{3}", output) and re.search(r"optic_disc\s+\d\.\d{3}", output)
         figure = Image.open(out / "demo_predictions.png")
-        assert figure.size == (64 * 3 * 2, 64 * 4 * 2)
+        # 4 cases x (image, truth, prediction) at zoom 2, plus a title band and a Dice line
+        assert figure.size == (64 * 3 * 2, 64 * 4 * 2 + 24 + 24)
+        title_band = np.asarray(figure.convert("L"))[:24]
+        assert (title_band < 128).any()  # the column titles are drawn
         assert len(list((out / "predictions").glob("*.png"))) == 6
     finally:
         shutil.rmtree(out, ignore_errors=True)
