@@ -45,8 +45,11 @@ def _info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
         return 0
     params = summary["params"]
-    print(f"{summary['name']}: {summary['head']} head on {summary['backbone']} ({summary['timm_arch']})")
-    print(f"  patch size {summary['patch_size']}, feature blocks {summary['feature_indices']}, neck {summary['neck']}")
+    print(f"{summary['name']}: {summary['head']} head on {summary['backbone']} ({summary['encoder']})")
+    if summary["feature_indices"] is not None:
+        print(f"  patch size {summary['patch_size']}, feature blocks {summary['feature_indices']}, neck {summary['neck']}")
+    else:  # a hierarchical encoder: its four stages are the features
+        print(f"  hierarchical encoder: features from its 4 stages (first stride {summary['patch_size']}), no neck")
     print(
         f"  parameters: {params['total'] / 1e6:.1f}M (backbone {params['backbone'] / 1e6:.1f}M, "
         f"neck {params['neck'] / 1e6:.2f}M, head {params['decode_head'] / 1e6:.2f}M at {args.num_classes} classes)"

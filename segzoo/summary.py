@@ -23,7 +23,8 @@ def model_summary(name: str, num_classes: int = 2) -> dict[str, Any]:
         "name": arch,
         "head": arch.split("_", 1)[0],
         "backbone": model.pretrained_cfg.get("backbone"),
-        "timm_arch": model.pretrained_cfg.get("timm_arch"),
+        "timm_arch": model.pretrained_cfg.get("timm_arch"),  # None for encoders not from timm (MiT)
+        "encoder": model.pretrained_cfg.get("timm_arch") or type(getattr(model.backbone, "model", model.backbone)).__name__,
         "patch_size": model.patch_size,
         "feature_indices": model.pretrained_cfg.get("feature_indices"),
         "neck": type(model.neck).__name__,

@@ -23,6 +23,12 @@ def test_info_reports_architecture_and_weights(capsys):
     assert "gated" in out and "cc-by-nc-4.0" in out
 
 
+def test_info_on_a_hierarchical_encoder(capsys):
+    assert main(["info", "segformer_mit_b2"]) == 0
+    out = capsys.readouterr().out
+    assert "(SegformerModel)" in out and "4 stages" in out and "None" not in out
+
+
 def test_unknown_name_gets_close_matches(capsys):
     assert main(["info", "segformer_dinov_large"]) == 2
     assert "segformer_dinov3_large" in capsys.readouterr().err
