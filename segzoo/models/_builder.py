@@ -15,7 +15,7 @@ from ..backbones import BackboneSpec, create_vit_backbone, get_backbone_spec
 from ..necks import create_neck
 from .segmenter import Segmenter
 
-__all__ = ["build_segmenter", "pretrained_cfgs_for"]
+__all__ = ["adapt_normalization", "build_segmenter", "pretrained_cfgs_for"]
 
 HeadFactory = Callable[..., nn.Module]  # (in_channels, num_classes, **head_kwargs) -> module
 
@@ -122,10 +122,15 @@ def _model_pretrained_cfg(spec: BackboneSpec, tag_cfg: PretrainedCfg | None, vit
         feature_indices=list(vit.feature_indices),
         in_chans=vit.in_chans,
     )
-    if vit.in_chans != len(cfg["mean"]):
-        # timm's adapt_input_conv sums/averages the RGB filters; normalise every channel alike
-        cfg["mean"] = [sum(cfg["mean"]) / len(cfg["mean"])] * vit.in_chans
-        cfg["std"] = [sum(cfg["std"]) / len(cfg["std"])] * vit.in_chans
+    return adapt_normalization(cfg, vit.in_chans)
+
+
+def adapt_normalization(cfg: dict[str, Any], in_chans: int) -> dict[str, Any]:
+    """``cfg`` with mean/std for ``in_chans`` channels: timm's ``adapt_input_conv`` sums or
+    repeats the RGB filters, so every channel is normalised alike with the RGB average."""
+    if in_chans != len(cfg["mean"]):
+        cfg["mean"] = [sum(cfg["mean"]) / len(cfg["mean"])] * in_chans
+        cfg["std"] = [sum(cfg["std"]) / len(cfg["std"])] * in_chans
     return cfg
 
 

@@ -24,6 +24,7 @@ from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
 from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
 from ..necks import IdentityNeck
+from ._builder import adapt_normalization
 from .segmenter import Segmenter
 
 __all__ = ["SegformerLoadReport", "load_transformers_segformer"]  # register_model appends the factory names
@@ -200,10 +201,7 @@ def _model_pretrained_cfg(tag_cfg: PretrainedCfg, size: str, in_chans: int) -> d
     cfg = tag_cfg.to_dict()
     cfg.update(cfg.pop("extra"))
     cfg.update(backbone=f"mit_{size}", in_chans=in_chans, pad_multiple=1, min_input_size=MiTBackbone.min_input_size)
-    if in_chans != len(cfg["mean"]):
-        cfg["mean"] = [sum(cfg["mean"]) / len(cfg["mean"])] * in_chans
-        cfg["std"] = [sum(cfg["std"]) / len(cfg["std"])] * in_chans
-    return cfg
+    return adapt_normalization(cfg, in_chans)
 
 
 # -- checkpoint helpers ----------------------------------------------------------------
