@@ -114,6 +114,12 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
         per_pixel_loss = super()._build_loss()  # DC_and_CE_loss (deep supervision is off)
         model = self._bare_network().model
         if hasattr(model, "compute_loss"):
+            if self.label_manager.has_ignore_label:
+                raise ConfigError(
+                    f"{type(model).__name__} {getattr(model, 'model_name', '')} trains with its own set-prediction "
+                    f"loss, which cannot leave out the dataset's ignore label ({self.label_manager.ignore_label}); "
+                    "train a per-pixel head (segformer_* or upernet_*) on this dataset, or drop the ignore label"
+                )
             return _ModelOwnLoss(model, per_pixel_loss)
         return per_pixel_loss
 

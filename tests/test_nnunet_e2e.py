@@ -211,6 +211,28 @@ def test_unavailable_pretrained_weights_fail_with_the_fix(nn_env, monkeypatch):
     assert resumed.current_epoch == 3
 
 
+def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkeypatch):
+    """Mask2Former's set-prediction loss cannot leave pixels out: say so instead of failing mid-epoch."""
+    from nnunet_bridge.config import ConfigError
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    config = nn_env["base"] / "mask2former.yaml"
+    tiny_heads = dict(num_queries=4, decoder_layers=2, encoder_layers=1, num_attention_heads=2,
+                      dim_feedforward=32, encoder_feedforward_dim=32)
+    model = {**TINY_CONFIG["model"], "name": "mask2former_dinov3_small",
+             "kwargs": {**TINY_CONFIG["model"]["kwargs"], **tiny_heads}}
+    config.write_text(yaml.safe_dump({**TINY_CONFIG, "model": model}))
+    _bridge(["plan", str(RGB_ID), "--config", str(config)], nn_env["env"])
+    dataset_json = _dataset_json(nn_env, RGB_ID)
+    dataset_json["labels"] = {**dataset_json["labels"], "ignore": 3}
+    trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False),
+                                  "2d_mask2former_dinov3_small", 0, dataset_json, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="cannot leave out the dataset's ignore label.*segformer_"):
+        trainer.initialize()
+
+
 def test_one_channel_dataset_through_the_seed_entry_point(nn_env):
     train_env = nn_env["train_env"]
     _run([sys.executable, str(ROOT / "nnUNetv2_train_segformer.py"), str(GREY_ID), "2d", "0",
