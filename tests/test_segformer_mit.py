@@ -152,6 +152,15 @@ def test_create_model_loads_a_transformers_file_through_checkpoint_path(tmp_path
     torch.testing.assert_close(other.decode_head.linear_fuse.weight, reference.decode_head.linear_fuse.weight)
 
 
+def test_corrupted_transformers_file_is_named(tmp_path):
+    reference = _reference(segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT))
+    reference.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(segzoo.CheckpointError, match=r"model\.safetensors.*truncated or corrupted"):
+        segzoo.create_model("segformer_mit_b0", num_classes=2, checkpoint_path=weights, **TINY_MIT)
+
+
 def test_errors_name_the_fix():
     # offline (the test default) and not cached: the Hub error names the checkpoint_path way
     with pytest.raises(OSError, match="checkpoint_path"):

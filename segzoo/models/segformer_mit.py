@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import load_file
 from timm.models import adapt_input_conv
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
+from .._weights import read_checkpoint
 from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
 from ..necks import IdentityNeck
 from ._builder import adapt_normalization
@@ -246,11 +246,7 @@ def _read_state_dict(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor])
         if not names:
             raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
         path = os.path.join(path, names[0])
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if path.endswith(".safetensors"):
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint(path)  # weights_only pickles; corrupt or unsafe files fail naming the file
 
 
 def _raise_on_mismatch(model: Segmenter, unexpected: list[str], wrong_shape: list[str]) -> None:
