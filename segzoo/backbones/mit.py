@@ -87,7 +87,7 @@ class MiTBackbone(nn.Module):
         return list(self.model(x, output_hidden_states=True).hidden_states)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*
+        # newer transformers releases call it activation_checkpointing_*; older ones gradient_checkpointing_*
         prefix = "activation" if hasattr(self.model, "activation_checkpointing_enable") else "gradient"
         getattr(self.model, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
 
@@ -108,7 +108,7 @@ def _install_output_hooks(model: SegformerModel) -> None:
     threading lock that torch.compile cannot trace (a graph break); install them now."""
     try:
         from transformers.utils.output_capturing import maybe_install_capturing_hooks
-    except ImportError:  # transformers 4 returns hidden states without hooks
+    except ImportError:  # releases without the module return hidden states without hooks
         return
     maybe_install_capturing_hooks(model)
 
