@@ -2,6 +2,7 @@
 
 from . import lora, models, optim  # noqa: F401  (models registers every model)
 from ._factory import create_model
+from .compilation import compile_model, is_compiled, uncompile_model
 from ._hub import HubAccessError, load_pretrained, push_to_hub, save_pretrained
 from .compat import create_segformer_model
 from ._registry import (
@@ -28,9 +29,11 @@ __all__ = [
     "UnknownModelError",
     "UnsafeCheckpointError",
     "__version__",
+    "compile_model",
     "create_model",
     "create_segformer_model",
     "get_pretrained_cfg",
+    "is_compiled",
     "is_model",
     "list_models",
     "list_pretrained",
@@ -40,4 +43,5 @@ __all__ = [
     "push_to_hub",
     "register_model",
     "save_pretrained",
+    "uncompile_model",
 ]

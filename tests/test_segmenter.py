@@ -96,3 +96,12 @@ def test_model_records_how_to_rebuild(tiny):
     assert model.model_kwargs["num_classes"] == 5 and model.model_kwargs["neck"] == "none"
     assert model.model_kwargs["pretrained_tag"] == "sat493m"
     assert model.pretrained_cfg["tag"] == "sat493m" and model.pretrained_cfg["mean"][2] == pytest.approx(0.296)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 4), (5, 7), (8, 8)])
+def test_pyramid_halving_keeps_ceil_mode_results(size):
+    from segzoo.necks.pyramid import HalveMaxPool
+
+    x = torch.randn(2, 4, *size)
+    expected = torch.nn.functional.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
+    torch.testing.assert_close(HalveMaxPool()(x), expected, rtol=0, atol=0)

@@ -91,6 +91,12 @@ class MiTBackbone(nn.Module):
         prefix = "activation" if hasattr(self.model, "activation_checkpointing_enable") else "gradient"
         getattr(self.model, f"{prefix}_checkpointing_{'enable' if enable else 'disable'}")()
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """Every transformer layer of every stage (see :mod:`segzoo.compilation`)."""
+        if hasattr(self.model, "stages"):  # newer transformers: stages[i].blocks
+            return [block for stage in self.model.stages for block in stage.blocks]
+        return [layer for stage in self.model.encoder.block for layer in stage]
+
     @property
     def grad_checkpointing(self) -> bool:
         if hasattr(type(self.model), "is_activation_checkpointing"):

@@ -56,6 +56,10 @@ class ViTBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The transformer blocks, one compiled graph serves them all (see :mod:`segzoo.compilation`)."""
+        return list(self.model.blocks)
+
     def _drop_unused_parameters(self) -> None:
         """Remove parameters no segmentation forward uses (blocks past the last feature
         layer, the final norm and classifier), so DDP needs no ``find_unused_parameters``

@@ -15,8 +15,6 @@ class IdentityNeck(nn.Module):
     structures suffer (see the README's quality note).
     """
 
-    scale_factors = (1.0, 1.0, 1.0, 1.0)
-
     def __init__(self, in_channels: list[int]):
         super().__init__()
         self.out_channels = list(in_channels)
