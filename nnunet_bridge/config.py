@@ -103,6 +103,8 @@ class TrainConfig:
                                                    "a multiple of the backbone patch size")
     oversample_foreground_percent: float = _field(0.33, "share of each batch forced to contain foreground (nnU-Net)")
     save_every: int = _field(5, "epochs between checkpoint_latest.pth writes (atomic)")
+    compile_backend: str = _field("inductor", "torch.compile backend of the regional compile (on by default on "
+                                              "CUDA; nnUNet_compile=f turns it off); aot_eager rules inductor out")
 
 
 @dataclass

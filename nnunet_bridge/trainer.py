@@ -8,14 +8,17 @@ configurable gradient clipping; the loss is nnU-Net's ``DC_and_CE_loss`` for per
 heads and the model's own ``compute_loss`` for set-prediction heads (Mask2Former);
 pretrained weights loaded in ``initialize`` (never at inference); the resolved config
 in every checkpoint and in the output folder; atomic checkpoints; a checkpoint whose
-model layout differs from the configuration is an error naming the differing keys.
+model layout differs from the configuration is an error naming the differing keys;
+regional ``torch.compile`` (see :func:`segzoo.compile_model`) instead of nnU-Net's
+whole-network compile, with a fall-back to eager if compiling fails.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Union
+import warnings
+from typing import Any, Callable, Union
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -24,6 +27,8 @@ from omegaconf import OmegaConf
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from segzoo import compile_model, is_compiled, uncompile_model
 
 from .config import ConfigError, config_to_dict, load_config, resolved_initial_lr
 from .network import ZooNetwork, create_zoo_model
@@ -37,11 +42,13 @@ __all__ = [
     "CONFIG_ENV",
     "PRETRAINED_WEIGHTS_ENV",
     "CheckpointLayoutError",
+    "COMPILE_ENV",
 ]
 
 CONFIG_ENV = "SEGZOO_NNUNET_CONFIG"  # a YAML whose train section overrides the planned one
 PRETRAINED_WEIGHTS_ENV = "SEGZOO_NNUNET_PRETRAINED_WEIGHTS"  # an nnU-Net checkpoint of the same zoo model
 CONFIG_FILENAME = "segzoo_config.yaml"
+COMPILE_ENV = "nnUNet_compile"  # nnU-Net's own switch: t/true/1 or f/false/0
 
 
 class CheckpointLayoutError(RuntimeError):
@@ -54,6 +61,7 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         self._weights_from_checkpoint = False  # set by load_checkpoint (--c, --val)
+        self._compiled_steps_checked: set[str] = set()  # steps that ran compiled once without error
         super().__init__(plans, configuration, fold, dataset_json, device)
         conf = self.configuration_manager.configuration
         arch = conf.get("architecture", {})
@@ -87,12 +95,55 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
         if hasattr(model, "print_trainable_parameters"):
             model.print_trainable_parameters(detailed=True)
 
+    # -- compilation -----------------------------------------------------------------------
+
     def _do_i_compile(self) -> bool:
-        # torch.compile of dynamic-size ViTs fails on some torch/CUDA versions (BENCHMARKS.md):
-        # off unless nnUNet_compile asks for it
-        if os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t"):
-            return super()._do_i_compile()
+        """nnU-Net's whole-network ``torch.compile`` stays off: :meth:`compile_network` compiles
+        the zoo model regionally instead (each encoder block, then neck and head)."""
         return False
+
+    def wants_compile(self) -> bool:
+        """As nnU-Net: on by default on CUDA, ``nnUNet_compile=f`` turns it off. Unlike nnU-Net,
+        ``nnUNet_compile=t`` also compiles on the CPU (zoo models compile there)."""
+        setting = os.environ.get(COMPILE_ENV)
+        if setting is not None and setting.strip():
+            return setting.strip().lower() in ("true", "1", "t")
+        return self.device.type == "cuda"
+
+    def compile_network(self) -> None:
+        """Compile the zoo model in place, regionally; called once training starts, so
+        ``--val`` and ``nnUNetv2_predict`` stay eager and nothing compiles that never trains."""
+        backend = str(self.segzoo_config.train.compile_backend)
+        if backend not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ConfigError(
+                f"train.compile_backend {backend!r} is not a torch.compile backend; "
+                f"choose one of {torch._dynamo.list_backends()} (or set {COMPILE_ENV}=f)"
+            )
+        compile_model(self._bare_network().model, "regional", backend=backend)
+        self.print_to_log_file(
+            f"Compiling the zoo model regionally (torch.compile, backend {backend}): each encoder block, "
+            f"then neck and head. {COMPILE_ENV}=f turns this off"
+        )
+
+    def _with_eager_fallback(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
+        """Run ``step``; if the first compiled run of this kind of step fails, warn once, make
+        the model eager again and rerun it. An error that eager also raises is not compile's."""
+        model = self._bare_network().model
+        if what in self._compiled_steps_checked or not is_compiled(model):
+            return step(*args)
+        try:
+            result = step(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure; a real bug re-raises eagerly below
+            first_line = (str(err).strip().splitlines() or [""])[0][:300]
+            message = (f"torch.compile failed at the first {what} ({type(err).__name__}: {first_line}); "
+                       f"training continues eager. Set {COMPILE_ENV}=f to skip compiling")
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            self.print_to_log_file(message)
+            uncompile_model(model)
+            self.optimizer.zero_grad(set_to_none=True)
+            result = step(*args)
+        self._compiled_steps_checked.add(what)
+        return result
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """Zoo models have one output; nnU-Net's switch (also flipped around validation) is a no-op."""
@@ -124,6 +175,15 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
         return per_pixel_loss
 
     def train_step(self, batch: dict) -> dict:
+        return self._with_eager_fallback("training step", self._train_step, batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        return self._with_eager_fallback("validation step", super().validation_step, batch)
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
+        self._with_eager_fallback("final validation", super().perform_actual_validation, save_probabilities)
+
+    def _train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
@@ -151,6 +211,8 @@ class nnUNetTrainerSegZoo(nnUNetTrainer):
     def on_train_start(self) -> None:
         self._check_results_plans_unchanged()
         super().on_train_start()
+        if self.wants_compile():
+            self.compile_network()
         if self.local_rank == 0:
             _write_atomic(os.path.join(self.output_folder, CONFIG_FILENAME),
                           OmegaConf.to_yaml(self.segzoo_config).encode())

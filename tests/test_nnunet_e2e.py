@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import warnings
 import yaml
 from PIL import Image
+
+import segzoo
 
 from nnunet_bridge.synthetic import write_fundus_dataset
 
@@ -233,6 +236,111 @@ def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkey
         trainer.initialize()
 
 
+def _trainer(nn_env, monkeypatch, fold: int = 2):
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    _ensure_planned(nn_env)
+    torch.manual_seed(0)
+    trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False), CONFIG_NAME, fold,
+                                  _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _batch() -> dict:
+    generator = torch.Generator().manual_seed(3)
+    return {"data": torch.rand(2, 3, 64, 64, generator=generator),
+            "target": torch.randint(0, 3, (2, 1, 64, 64), generator=generator).float()}
+
+
+def test_compile_switch_follows_nnunet(nn_env, monkeypatch):
+    from nnunet_bridge.trainer import COMPILE_ENV
+
+    trainer = _trainer(nn_env, monkeypatch)
+    assert trainer._do_i_compile() is False  # nnU-Net's whole-network compile never runs
+    monkeypatch.delenv(COMPILE_ENV, raising=False)
+    assert not trainer.wants_compile()  # CPU: off unless asked
+    monkeypatch.setenv(COMPILE_ENV, "t")
+    assert trainer.wants_compile()
+    trainer.device = torch.device("cuda")  # only the device type is read
+    monkeypatch.delenv(COMPILE_ENV)
+    assert trainer.wants_compile()  # CUDA: on by default, as in nnU-Net
+    monkeypatch.setenv(COMPILE_ENV, "f")
+    assert not trainer.wants_compile()
+
+
+def test_compiled_training_step_matches_eager_and_checkpoints_keep_their_keys(nn_env, monkeypatch, tmp_path):
+    eager, compiled = _trainer(nn_env, monkeypatch), _trainer(nn_env, monkeypatch)
+    compiled.segzoo_config.train.compile_backend = "aot_eager"
+    compiled.compile_network()
+    assert segzoo.is_compiled(compiled.network.model)
+    for trainer in (eager, compiled):
+        for module in trainer.network.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    for _ in range(2):  # the second loss is computed on weights the first AdamW step changed
+        expected, got = eager.train_step(_batch()), compiled.train_step(_batch())
+        np.testing.assert_allclose(got["loss"], expected["loss"], rtol=1e-4)
+    compiled.save_checkpoint(str(tmp_path / "checkpoint.pth"))
+    saved = torch.load(tmp_path / "checkpoint.pth", map_location="cpu", weights_only=False)
+    assert list(saved["network_weights"]) == list(eager.network.state_dict())
+
+
+def test_a_compile_failure_at_the_first_step_falls_back_to_eager_once(nn_env, monkeypatch):
+    trainer = _trainer(nn_env, monkeypatch)
+    trainer.segzoo_config.train.compile_backend = _register_failing_backend()
+    trainer.compile_network()
+    with pytest.warns(RuntimeWarning, match="torch.compile failed at the first training step.*continues eager"):
+        first = trainer.train_step(_batch())
+    assert np.isfinite(first["loss"]) and not segzoo.is_compiled(trainer.network)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        trainer.train_step(_batch())
+    assert "torch.compile failed at the first training step" in _latest_log(Path(trainer.output_folder))
+
+
+def _register_failing_backend() -> str:
+    """A torch.compile backend that fails on the SegFormer head's graph (it has the only ReLU)."""
+    from torch._dynamo.backends.registry import register_backend
+
+    name = "segzoo_test_fails_on_relu"
+    if name not in torch._dynamo.list_backends(exclude_tags=()):
+        def fails_on_relu(gm: torch.fx.GraphModule, example_inputs):
+            if any("relu" in str(node.target) for node in gm.graph.nodes):
+                raise RuntimeError("backend failure for the test")
+            return gm.forward
+
+        register_backend(fails_on_relu, name=name)
+    return name
+
+
+def test_unknown_compile_backend_is_named(nn_env, monkeypatch):
+    from nnunet_bridge.config import ConfigError
+
+    trainer = _trainer(nn_env, monkeypatch)
+    trainer.segzoo_config.train.compile_backend = "inductr"
+    with pytest.raises(ConfigError, match="'inductr' is not a torch.compile backend.*inductor"):
+        trainer.compile_network()
+
+
+def test_training_compiled_through_the_cli(nn_env):
+    """nnUNet_compile=t on the CPU: the real loop compiles regionally, validates and saves as eager does."""
+    _ensure_planned(nn_env)
+    config = nn_env["base"] / "compiled.yaml"
+    config.write_text(yaml.safe_dump({"train": {"num_epochs": 1, "warmup_epochs": 0, "compile_backend": "aot_eager"}}))
+    env = dict(nn_env["train_env"], nnUNet_compile="t")
+    _bridge(["train", str(RGB_ID), CONFIG_NAME, "3", "-device", "cpu", "--config", str(config)], env)
+    fold = _fold_dir(nn_env, RGB_ID, 3)
+    log = _latest_log(fold)
+    assert "Compiling the zoo model regionally (torch.compile, backend aot_eager)" in log
+    assert "torch.compile failed" not in log
+    assert (fold / "validation" / "summary.json").is_file()
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert not any("_orig_mod" in k for k in final["network_weights"])
+
+
 def test_one_channel_dataset_through_the_seed_entry_point(nn_env):
     train_env = nn_env["train_env"]
     _run([sys.executable, str(ROOT / "nnUNetv2_train_segformer.py"), str(GREY_ID), "2d", "0",
@@ -262,6 +370,11 @@ def _run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
 
 def _bridge(args: list[str], env: dict, expect_fail: bool = False) -> str:
     return _run([sys.executable, "-m", "nnunet_bridge.cli", *args], env, expect_fail)
+
+
+def _ensure_planned(nn_env) -> None:
+    if CONFIG_NAME not in _plans(nn_env, RGB_ID)["configurations"]:
+        _bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"])], nn_env["env"])
 
 
 def _plans(nn_env, dataset_id: int) -> dict:
