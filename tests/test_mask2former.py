@@ -118,3 +118,68 @@ def test_full_size_defaults_and_rebuild_kwargs():
     assert model.decode_head.transformer_module.queries_features.num_embeddings == 50
     assert model.model_kwargs == {"num_classes": 4, "in_chans": 3, "num_queries": 50}
     assert callable(model.compute_loss)
+
+
+def _set_outputs(batch: int = 3, queries: int = 8, classes: int = 3, size: int = 16):
+    generator = torch.Generator().manual_seed(5)
+    masks = torch.randn(batch, queries, size, size, generator=generator)
+    logits = torch.randn(batch, queries, classes + 1, generator=generator)
+    label_map = torch.zeros(batch, 4 * size, 4 * size, dtype=torch.long)
+    label_map[0, 5:30, 10:40] = 1
+    label_map[0, 40:, :20] = 2
+    label_map[1, :, 32:] = 2           # image 1: classes 0 and 2
+    label_map[2] = 1                   # image 2: one class only
+    label_map[2, -3:, :] = -1          # padding belongs to no mask
+    mask_labels, class_labels = segzoo.heads.mask2former.label_map_to_mask_targets(label_map, classes)
+    return masks, logits, mask_labels, class_labels
+
+
+def test_batched_matcher_assigns_as_transformers_does():
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerHungarianMatcher
+
+    from segzoo.heads.mask_matching import BatchedHungarianMatcher
+
+    masks, logits, mask_labels, class_labels = _set_outputs()
+    costs = dict(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=256)
+    torch.manual_seed(7)
+    expected = Mask2FormerHungarianMatcher(**costs)(masks, logits, mask_labels, class_labels)
+    torch.manual_seed(7)
+    got = BatchedHungarianMatcher(**costs)(masks, logits, mask_labels, class_labels)
+    assert [len(c) for c in class_labels] == [3, 2, 1]
+    for (rows, cols), (expected_rows, expected_cols) in zip(got, expected):
+        assert torch.equal(rows, expected_rows) and torch.equal(cols, expected_cols)
+
+
+def test_loss_equals_transformers_mask2former_loss(model):
+    """The head's loss (batched matcher) against transformers' own Mask2FormerLoss on the same outputs."""
+    from transformers.models.mask2former.modeling_mask2former import (
+        Mask2FormerHungarianMatcher,
+        Mask2FormerLoss,
+    )
+
+    head = model.decode_head
+    x, target = _batch()
+    with torch.no_grad():
+        outputs = model(x)
+    mask_labels, class_labels = segzoo.heads.mask2former.label_map_to_mask_targets(target, 3)
+    reference = Mask2FormerLoss(config=head.config, weight_dict=head.loss_weights)
+    assert type(reference.matcher) is Mask2FormerHungarianMatcher
+    torch.manual_seed(11)
+    ours = head.loss_components(outputs, mask_labels, class_labels)
+    torch.manual_seed(11)
+    theirs = reference(
+        masks_queries_logits=outputs["masks_queries_logits"], class_queries_logits=outputs["class_queries_logits"],
+        mask_labels=mask_labels, class_labels=class_labels, auxiliary_predictions=outputs["auxiliary_outputs"],
+    )
+    assert set(ours) == set(theirs) and len(ours) == 3 * 3  # last layer + 2 auxiliary layers
+    for name, value in theirs.items():
+        weight = next(w for key, w in head.loss_weights.items() if name.startswith(key))
+        torch.testing.assert_close(ours[name], value * weight, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_mask_targets_hold_each_present_class_once():
+    _, _, mask_labels, class_labels = _set_outputs()
+    assert [c.tolist() for c in class_labels] == [[0, 1, 2], [0, 2], [1]]
+    assert mask_labels[2].shape == (1, 64, 64) and mask_labels[2][0, -3:].sum() == 0  # padding in no mask
+    for masks in mask_labels:
+        assert masks.dtype == torch.float32 and (masks.sum(0) <= 1).all()

@@ -21,6 +21,8 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerTransformerModule,
 )
 
+from .mask_matching import BatchedHungarianMatcher
+
 __all__ = ["Mask2FormerHead", "create_mask2former_head", "label_map_to_mask_targets"]
 
 MaskOutputs = dict[str, Any]  # class_queries_logits, masks_queries_logits, auxiliary_outputs
@@ -51,6 +53,11 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
             "loss_dice": float(config.dice_weight),
         }
         self.criterion = Mask2FormerLoss(config=config, weight_dict=self.loss_weights)
+        # same costs and points as transformers' matcher, one batched cost matrix and host copy per call
+        self.criterion.matcher = BatchedHungarianMatcher(
+            cost_class=config.class_weight, cost_mask=config.mask_weight, cost_dice=config.dice_weight,
+            num_points=config.train_num_points,
+        )
         self.post_init()
 
     @classmethod
@@ -185,10 +192,14 @@ def label_map_to_mask_targets(
     ``(K_b,)`` long), the layout Mask2Former's loss takes. Negative ids (padding) belong
     to no mask.
     """
+    # which classes each image holds, found on the device and copied to the host once
+    valid = (label_map >= 0) & (label_map < num_classes)
+    ids = torch.where(valid, label_map, num_classes).flatten(1).long()
+    present = torch.zeros(label_map.shape[0], num_classes + 1, dtype=torch.bool, device=label_map.device)
+    present.scatter_(1, ids, True)
     mask_labels, class_labels = [], []
-    for labels in label_map:
-        classes = torch.unique(labels)
-        classes = classes[(classes >= 0) & (classes < num_classes)]
+    for labels, row in zip(label_map, present[:, :num_classes].cpu()):
+        classes = row.nonzero().flatten().to(label_map.device)
         mask_labels.append((labels[None] == classes[:, None, None]).float())
         class_labels.append(classes.long())
     return mask_labels, class_labels

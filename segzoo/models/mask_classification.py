@@ -86,7 +86,7 @@ class MaskClassificationSegmenter(Segmenter):
             )
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"target must be an integer tensor of class ids, got {target.dtype}; use target.long()")
-        low, high = int(target.min()), int(target.max())
+        low, high = torch.stack([target.min(), target.max()]).tolist()  # one host copy
         if low < 0 or high >= self.num_classes:
             raise ValueError(
                 f"target class ids must lie in [0, {self.num_classes - 1}] for num_classes={self.num_classes}, "
