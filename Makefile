@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # torch pulled in by a dependency would download several GB.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench gpu-wheels gpu-suite-smoke clean
 
 setup: $(VENV)/.installed
 
@@ -28,5 +28,13 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_models.py
 
+# wheels a bare GPU machine lacks (nnunetv2, omegaconf, ...) for benchmarks/gpu_suite.sh, about 45 MB
+gpu-wheels: setup
+	$(BIN)/python benchmarks/gpu_wheels.py .gpu_wheels
+
+# the GPU suite with tiny models on the CPU: checks the script, not the speed
+gpu-suite-smoke: setup
+	SUITE_SMOKE=1 PYTHON=$(BIN)/python OUT=gpu_results/smoke bash benchmarks/gpu_suite.sh
+
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache gpu_results .gpu_wheels

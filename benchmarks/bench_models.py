@@ -6,14 +6,17 @@ For each model this measures, round-robin so that machine noise hits every varia
 - ``seed``: the seed plan's layout (four same-stride maps into the same head, ``neck="none"``),
 - ``model``: the zoo model as registered (default: simple feature pyramid + head),
 
-and prints parameters, forward GFLOPs per image, train img/s (forward, backward, AdamW
-step), inference img/s, peak memory (CUDA only) and MFU against ``--peak-tflops``, as
-JSON lines plus a table with ratios to the backbone. Needs torch/timm/transformers only
-(no nnunetv2, no omegaconf), so it runs on a bare GPU machine too.
+each in every ``--compile-modes`` entry (``eager``; ``regional``: each encoder block, then
+neck and head, compiled in place, as :func:`segzoo.compile_model` does; ``whole``: one
+graph per variant at a fixed size), and prints parameters, forward GFLOPs per image,
+the first training step's time (compilation included), train img/s (forward, backward,
+AdamW step), inference img/s, peak memory (CUDA only) and MFU against ``--peak-tflops``,
+as JSON lines plus a table with ratios to the backbone in the same mode. Needs
+torch/timm/transformers only (no nnunetv2, no omegaconf), so it runs on a bare GPU machine.
 
     python benchmarks/bench_models.py                                   # CPU defaults
     python benchmarks/bench_models.py --models segformer_dinov3_large --batch 8 \
-        --device cuda --amp bf16 --compile --peak-tflops 989            # H100 figures
+        --device cuda --amp bf16 --compile-modes eager regional --peak-tflops 989   # H100
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 import segzoo  # noqa: E402
+from segzoo.compilation import repeated_blocks  # noqa: E402
 from segzoo.necks import SimpleFeaturePyramid  # noqa: E402
 
 
@@ -40,6 +44,7 @@ from segzoo.necks import SimpleFeaturePyramid  # noqa: E402
 class Result:
     model: str
     variant: str
+    compile_mode: str
     device: str
     img_size: int
     batch: int
@@ -48,6 +53,7 @@ class Result:
     train_img_s: float
     infer_img_s: float
     train_step_s: float
+    first_step_s: float  # the first training step: compilation included
     peak_mem_gib: float | None
     mfu_train: float | None
 
@@ -63,17 +69,32 @@ class BackboneAlone(nn.Module):
         return self.backbone(x)
 
 
-def build_variants(name: str, args: argparse.Namespace) -> dict[str, nn.Module]:
-    kwargs = dict(num_classes=args.num_classes)
-    if args.compile and not name.startswith("segformer_mit_"):
-        # a fixed size builds the ViT without dynamic_img_size (inductor crashed on that variant on GPU)
+def build_variants(name: str, args: argparse.Namespace, compiled: bool) -> dict[str, nn.Module]:
+    kwargs = dict(num_classes=args.num_classes, **args.model_kwargs)
+    if compiled and not name.startswith("segformer_mit_"):
+        # a fixed size: position embeddings resampled once, no recompiles for new sizes
         kwargs["img_size"] = args.img_size
     model = segzoo.create_model(name, **kwargs)
     variants = {"backbone": BackboneAlone(model.backbone), "model": model}
     if isinstance(model.neck, SimpleFeaturePyramid) and name.startswith("segformer_"):
         # the seed plan's layout: the same head on four same-stride maps
         variants["seed"] = segzoo.create_model(name, neck="none", **kwargs)
-    return {k: variants[k] for k in ("backbone", "seed", "model") if k in variants}
+    return {k: variants[k] for k in args.variants if k in variants}
+
+
+def compile_variant(module: nn.Module, mode: str, backend: str) -> None:
+    """Compile in place as the zoo does; the backbone alone gets the same treatment."""
+    if mode == "eager":
+        return
+    if isinstance(module, BackboneAlone):
+        if mode == "whole":
+            module.compile(backend=backend)
+        else:  # shares its blocks with the zoo model, which compiled them already
+            for block in repeated_blocks(module.backbone):
+                if not segzoo.is_compiled(block):
+                    block.compile(backend=backend)
+        return
+    segzoo.compile_model(module, mode, backend=backend)
 
 
 def loss_of(module: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
@@ -96,71 +117,83 @@ def run(args: argparse.Namespace) -> list[Result]:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     results = []
     for name in args.models:
-        variants = build_variants(name, args)
         x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
         target = torch.randint(0, args.num_classes, (args.batch, args.img_size, args.img_size), device=device)
-        steps: dict[str, Callable[[], None]] = {}
-        infers: dict[str, Callable[[], None]] = {}
-        flops: dict[str, float] = {}
-        for variant, module in variants.items():
+        entries: dict[tuple[str, str], nn.Module] = {}
+        for mode in args.compile_modes:
+            for variant, module in build_variants(name, args, compiled=mode != "eager").items():
+                entries[variant, mode] = module
+        steps: dict[tuple[str, str], Callable[[], None]] = {}
+        infers: dict[tuple[str, str], Callable[[], None]] = {}
+        flops: dict[tuple[str, str], float] = {}
+        # the backbone alone shares the zoo model's backbone: compile the zoo models first
+        for key in sorted(entries, key=lambda k: k[0] == "backbone"):
+            module = entries[key]
             module.to(device)
-            flops[variant] = forward_flops(module, x)
-            runnable = torch.compile(module) if args.compile else module
+            flops[key] = forward_flops(module, x)  # eager: FlopCounterMode counts what the graph computes
+            compile_variant(module, key[1], args.backend)
             optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
-            steps[variant] = _train_step(runnable, module, optimizer, x, target, amp_dtype, device)
-            infers[variant] = _infer(runnable, module, x, amp_dtype, device)
+            steps[key] = _train_step(module, optimizer, x, target, amp_dtype)
+            infers[key] = _infer(module, x, amp_dtype)
+        first_steps = {key: _timed(step, device) for key, step in steps.items()}  # compiles train graphs
         train_times = _round_robin(steps, args.warmup, args.steps, device)
         peaks = _peak_memory(steps, device)
         infer_times = _round_robin(infers, args.warmup, args.steps, device)
-        for variant, module in variants.items():
-            step_s = min(train_times[variant])  # best of N: least disturbed by other work on the machine
+        for key, module in entries.items():
+            step_s = min(train_times[key])  # best of N: least disturbed by other work on the machine
             train_ips = args.batch / step_s
-            mfu = 3 * flops[variant] * train_ips / (args.peak_tflops * 1e12) if args.peak_tflops else None
+            mfu = 3 * flops[key] * train_ips / (args.peak_tflops * 1e12) if args.peak_tflops else None
             results.append(
                 Result(
-                    model=name, variant=variant, device=_device_name(device), img_size=args.img_size,
-                    batch=args.batch, params_m=sum(p.numel() for p in module.parameters()) / 1e6,
-                    gflops_fwd_per_img=flops[variant] / 1e9, train_img_s=train_ips,
-                    infer_img_s=args.batch / min(infer_times[variant]), train_step_s=step_s,
-                    peak_mem_gib=peaks.get(variant), mfu_train=mfu,
+                    model=name, variant=key[0], compile_mode=key[1], device=_device_name(device),
+                    img_size=args.img_size, batch=args.batch,
+                    params_m=sum(p.numel() for p in module.parameters()) / 1e6,
+                    gflops_fwd_per_img=flops[key] / 1e9, train_img_s=train_ips,
+                    infer_img_s=args.batch / min(infer_times[key]), train_step_s=step_s,
+                    first_step_s=first_steps[key], peak_mem_gib=peaks.get(key), mfu_train=mfu,
                 )
             )
             print(json.dumps(asdict(results[-1])), flush=True)
-        del variants, steps, infers
+        del entries, steps, infers
     return results
 
 
-def _train_step(runnable, module, optimizer, x, target, amp_dtype, device) -> Callable[[], None]:
+def _train_step(module, optimizer, x, target, amp_dtype) -> Callable[[], None]:
     def step() -> None:
         module.train()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_of(module, runnable(x), target)
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_of(module, module(x), target)
         loss.backward()
         optimizer.step()
 
     return step
 
 
-def _infer(runnable, module, x, amp_dtype, device) -> Callable[[], None]:
+def _infer(module, x, amp_dtype) -> Callable[[], None]:
     def infer() -> None:
         module.eval()
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            runnable(x)
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            module(x)
 
     return infer
 
 
-def _round_robin(fns: dict[str, Callable[[], None]], warmup: int, steps: int, device) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
+def _timed(fn: Callable[[], None], device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _round_robin(fns: dict, warmup: int, steps: int, device) -> dict:
+    times: dict = {k: [] for k in fns}
     for i in range(warmup + steps):
         for key, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
+            elapsed = _timed(fn, device)
             if i >= warmup:
-                times[key].append(time.perf_counter() - start)
+                times[key].append(elapsed)
         print(f"  timing {i + 1}/{warmup + steps}", file=sys.stderr, flush=True)
     return times
 
@@ -189,19 +222,22 @@ def _device_name(device) -> str:
 
 
 def print_table(results: list[Result]) -> None:
-    base = {r.model: r for r in results if r.variant == "backbone"}
-    header = f"{'model':<28}{'variant':<10}{'params M':>9}{'GFLOP/img':>10}{'train img/s':>12}{'x bb':>6}" \
-             f"{'infer img/s':>12}{'x bb':>6}{'peak GiB':>9}{'MFU':>6}"
+    base = {(r.model, r.compile_mode): r for r in results if r.variant == "backbone"}
+    header = f"{'model':<28}{'variant':<10}{'compile':<10}{'params M':>9}{'GFLOP/img':>10}{'1st step s':>11}" \
+             f"{'train img/s':>12}{'x bb':>6}{'infer img/s':>12}{'x bb':>6}{'peak GiB':>9}{'MFU':>6}"
     print(header)
     print("-" * len(header))
     for r in results:
-        b = base[r.model]
+        b = base.get((r.model, r.compile_mode))
+        ratio_train = f"{r.train_img_s / b.train_img_s:.2f}" if b else "n/a"
+        ratio_infer = f"{r.infer_img_s / b.infer_img_s:.2f}" if b else "n/a"
         peak = f"{r.peak_mem_gib:.2f}" if r.peak_mem_gib is not None else "n/a"
         mfu = f"{100 * r.mfu_train:.0f}%" if r.mfu_train is not None else "n/a"
-        print(f"{r.model:<28}{r.variant:<10}{r.params_m:>9.1f}{r.gflops_fwd_per_img:>10.1f}{r.train_img_s:>12.3f}"
-              f"{r.train_img_s / b.train_img_s:>6.2f}{r.infer_img_s:>12.3f}{r.infer_img_s / b.infer_img_s:>6.2f}"
+        print(f"{r.model:<28}{r.variant:<10}{r.compile_mode:<10}{r.params_m:>9.1f}{r.gflops_fwd_per_img:>10.1f}"
+              f"{r.first_step_s:>11.1f}{r.train_img_s:>12.3f}{ratio_train:>6}{r.infer_img_s:>12.3f}{ratio_infer:>6}"
               f"{peak:>9}{mfu:>6}")
-    print(f"(x bb = speed relative to the backbone alone; time cost = 1 / x bb; device: {results[0].device})")
+    print("(x bb = speed relative to the backbone alone compiled the same way; time cost = 1 / x bb; "
+          f"device: {results[0].device})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -215,7 +251,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=["bf16", "fp16", "none"], default=None,
                         help="autocast dtype (default: bf16 on CUDA, none on CPU)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each variant at a fixed size")
+    parser.add_argument("--compile-modes", nargs="+", default=["eager"], choices=["eager", "regional", "whole"],
+                        help="time every variant in each mode, in one run (compiled modes build a fixed size)")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager for a quick check)")
+    parser.add_argument("--variants", nargs="+", default=["backbone", "seed", "model"],
+                        choices=["backbone", "seed", "model"], help="which variants to time")
+    parser.add_argument("--model-kwargs", type=json.loads, default={},
+                        help='extra create_model kwargs as JSON, e.g. \'{"backbone_kwargs": {"depth": 2}}\'')
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (H100 bf16: 989)")
     parser.add_argument("--json", type=Path, default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)

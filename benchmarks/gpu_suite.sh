@@ -1,17 +1,83 @@
 #!/usr/bin/env bash
-# The GPU measurements of issue 7 in one run, for a session that is lent a GPU machine
-# (it has torch, timm, transformers, peft, safetensors, huggingface_hub; no nnunetv2/omegaconf,
-# which these scripts do not need). About 6-8 minutes on one H100. Results land in $OUT (or ./gpu_results).
-#   segformer_dinov3_large at 512x512, batch 8, bf16: eager, then compiled at a fixed size,
-#   each against the backbone alone and the seed plan's layout; then checkpointing memory.
-set -euo pipefail
+# Every GPU measurement in one run of at most 9 minutes on a bare GPU machine (torch, timm,
+# transformers, peft there; nnunetv2 and omegaconf come as wheels from `make gpu-wheels`,
+# carried in .gpu_wheels/). Each stage has its own time limit, so a hang or a crash loses
+# that stage, not the run. Results go to $OUT (default ./gpu_results), in four files:
+#   gpu.txt         the card
+#   stages.txt      each stage's exit status and wall time (124 = hit its limit)
+#   results.jsonl   every figure, as JSON lines
+#   suite.log       everything the stages printed
+# Stages, most important first (a stage that would start with under 20 s left is skipped):
+#   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / seed / model
+#   nnunet_zoo      bench_nnunet_training: plan, preprocess, train 2d_segformer_dinov3_large
+#                   (2 x 50 iterations, compiled regionally by default), predict
+#   zoo_heads       bench_models: upernet and mask2former on dinov3_large, eager and regional
+#   nnunet_unet     bench_nnunet_training: nnU-Net's own 2d U-Net, as long, on the same data
+#   m2f_loss        bench_mask2former_loss: transformers' matcher vs the batched one
+#   zoo_mit         bench_models: segformer_mit_b5, eager and regional
+#   zoo_whole       bench_models: segformer_dinov3_large compiled as one graph (the time left)
+#
+#   make gpu-wheels && bash benchmarks/gpu_suite.sh          # on the GPU machine
+#   SUITE_SMOKE=1 bash benchmarks/gpu_suite.sh               # tiny models, CPU: checks the script
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_results}"
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
-common=(--models segformer_dinov3_large --img-size 512 --batch 8 --device cuda --amp bf16 --peak-tflops 989
-        --steps 10 --warmup 3 --json "$out/bench.jsonl")
-python benchmarks/bench_models.py "${common[@]}" 2>&1 | tee "$out/eager.txt"
-python benchmarks/bench_models.py "${common[@]}" --compile 2>&1 | tee "$out/compiled.txt"
-python benchmarks/bench_finetune.py --model segformer_dinov3_large --device cuda --batch-size 8 --amp --steps 5 \
-  2>&1 | tee "$out/finetune.txt"
+python="${PYTHON:-python3}"
+budget="${SUITE_SECONDS:-530}"
+started=$SECONDS
+export PYTHONUNBUFFERED=1
+rm -rf /tmp/segzoo_nnunet_bench  # nnU-Net folders of an earlier run on this machine
+
+if [ -d .gpu_wheels ] && ! "$python" -c "import nnunetv2, omegaconf" 2>/dev/null; then
+  "$python" -m pip install -q --no-index --no-deps --no-compile --target /tmp/segzoo_site .gpu_wheels/*.whl \
+    >>"$out/suite.log" 2>&1 || echo "wheel install failed (see suite.log)" | tee -a "$out/stages.txt"
+  export PYTHONPATH="/tmp/segzoo_site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+if [ -n "${SUITE_SMOKE:-}" ]; then
+  device=cpu
+  tiny='{"backbone_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}, "decoder_hidden_size": 32}'
+  tiny_mit='{"backbone_kwargs": {"hidden_sizes": [16, 32, 32, 64], "depths": [1, 1, 1, 1]}, "decoder_hidden_size": 32}'
+  large=segformer_dinov3_small; upernet=upernet_dinov3_small; m2f=mask2former_dinov3_small; mit=segformer_mit_b0
+  size=64; batch=2; backend=aot_eager; nnunet_args=(--model segformer_dinov3_small --size 64 --cases 6 --epochs 1
+    --iterations 2 --tiny --workers 1 --device cpu); m2f_args=(--batch 2 --img-size 64 --queries 8 --device cpu)
+  echo "SMOKE RUN (tiny models on CPU): the figures mean nothing" | tee -a "$out/suite.log"
+else
+  device=cuda; tiny='{}'; tiny_mit='{}'
+  large=segformer_dinov3_large; upernet=upernet_dinov3_large; m2f=mask2former_dinov3_large; mit=segformer_mit_b5
+  size=512; batch=8; backend=inductor; nnunet_args=(--device cuda --workers 12 --batch "$batch")
+  m2f_args=(--batch 8 --img-size 512 --device cuda)
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+fi
+"$python" -c "import torch, timm, transformers; print('torch', torch.__version__, 'timm', timm.__version__,
+  'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
+
+# stage NAME SECONDS COMMAND...: run with a limit no later than the suite's budget allows
+stage() {
+  local name=$1 limit=$2; shift 2
+  local left=$(( budget - (SECONDS - started) ))
+  (( limit > left )) && limit=$left
+  if (( limit < 20 )); then echo "$name skipped: ${left}s left of the ${budget}s budget" | tee -a "$out/stages.txt"; return; fi
+  echo "=== $name (limit ${limit}s)" | tee -a "$out/suite.log"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >>"$out/suite.log" 2>&1
+  local rc=$?
+  echo "$name rc=$rc ${limit}s-limit $(( SECONDS - t0 ))s" | tee -a "$out/stages.txt"
+}
+
+bench=("$python" benchmarks/bench_models.py --img-size "$size" --batch "$batch" --device "$device"
+       --peak-tflops 989 --steps 5 --warmup 2 --backend "$backend" --json "$out/results.jsonl")
+nnunet=("$python" benchmarks/bench_nnunet_training.py "${nnunet_args[@]}" --work /tmp/segzoo_nnunet_bench
+        --json "$out/results.jsonl")
+stage zoo_segformer 100 "${bench[@]}" --models "$large" --compile-modes eager regional --model-kwargs "$tiny"
+stage nnunet_zoo 150 "${nnunet[@]}" --stages zoo
+stage zoo_heads 130 "${bench[@]}" --models "$upernet" "$m2f" --variants backbone model \
+  --compile-modes eager regional --model-kwargs "$tiny"
+stage nnunet_unet 100 "${nnunet[@]}" --stages unet
+stage m2f_loss 25 "$python" benchmarks/bench_mask2former_loss.py "${m2f_args[@]}" --json "$out/results.jsonl"
+stage zoo_mit 80 "${bench[@]}" --models "$mit" --variants backbone model --compile-modes eager regional \
+  --model-kwargs "$tiny_mit"
+stage zoo_whole 600 "${bench[@]}" --models "$large" --variants backbone model --compile-modes whole \
+  --model-kwargs "$tiny"
+echo "suite done in $(( SECONDS - started ))s" | tee -a "$out/stages.txt"

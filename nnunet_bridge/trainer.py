@@ -33,6 +33,7 @@ from segzoo import compile_model, is_compiled, uncompile_model
 from .config import ConfigError, config_to_dict, load_config, resolved_initial_lr
 from .network import ZooNetwork, create_zoo_model
 from .optim import WarmupPolyLR, build_param_groups
+from .throughput import LogsTrainingThroughput
 from .plans import NETWORK_CLASS_NAME, diff_dicts, stored_config
 
 __all__ = [
@@ -55,7 +56,7 @@ class CheckpointLayoutError(RuntimeError):
     """A checkpoint whose network does not fit the configuration's model (names the keys)."""
 
 
-class nnUNetTrainerSegZoo(nnUNetTrainer):
+class nnUNetTrainerSegZoo(LogsTrainingThroughput, nnUNetTrainer):
     """Trains the zoo model that the configuration's plans name (see ``nnunet_bridge.plans``)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

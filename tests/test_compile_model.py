@@ -23,6 +23,14 @@ MIT_TINY = dict(backbone_kwargs=dict(hidden_sizes=[16, 32, 32, 64], depths=[2, 1
                                      num_attention_heads=[1, 1, 1, 2]), decoder_hidden_size=32)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo_caches():
+    """Each test compiles from scratch: dynamo would otherwise reuse an earlier test's graphs."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _tiny_model(name: str, tiny: dict, **kwargs) -> nn.Module:
     if name.startswith("segformer_mit_"):
         return segzoo.create_model(name, num_classes=3, **MIT_TINY, **kwargs)
@@ -81,11 +89,13 @@ def test_regional_compile_matches_eager(tiny, name, size, train):
     assert model.decode_head in compiled and model not in compiled
 
 
-@pytest.mark.parametrize("name", ["segformer_dinov3_base", "segformer_dinov2_small", "upernet_dinov3_base"])
+@pytest.mark.parametrize("name", ["segformer_dinov3_base", "segformer_dinov2_small", "upernet_dinov3_base",
+                                  "segformer_mit_b0"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_whole_compile_at_a_fixed_size_matches_eager(tiny, name, train):
-    size = 70 if "dinov2" in name else 48
-    model = _tiny_model(name, tiny, img_size=size)
+    size = 70 if "dinov2" in name else 48 if "dinov3" in name else 64
+    # MiT takes any size by design; the ViTs are built for one
+    model = _tiny_model(name, tiny) if "mit" in name else _tiny_model(name, tiny, img_size=size)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback, no dynamic-size warning
         _assert_matches_eager(model, "whole", torch.randn(2, 3, size, size), train)

@@ -1,4 +1,5 @@
-"""A LoRA model trains under DistributedDataParallel without find_unused_parameters.
+"""A LoRA model trains under DistributedDataParallel without find_unused_parameters,
+eager and compiled regionally before wrapping.
 
 Two CPU processes on the gloo backend. DDP built without ``find_unused_parameters``
 raises at the second step's forward if any trainable parameter got no gradient in the
@@ -7,6 +8,7 @@ first, so a couple of steps is the check.
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -25,12 +27,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int) -> None:
+def _worker(rank: int, world_size: int, port: int, compiled: bool) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)  # same initial weights on every rank
         model = segzoo.create_model("segformer_dinov3_base", num_classes=3, lora=dict(r=4), **TINY)
+        if compiled:  # in place, before wrapping, as timm does
+            segzoo.compile_model(model, backend="aot_eager")
         ddp = DistributedDataParallel(model)  # find_unused_parameters=False (the default)
         optimizer = torch.optim.AdamW(param_groups(model, lr=1e-3))
         torch.manual_seed(100 + rank)  # different data per rank
@@ -57,5 +61,6 @@ def _worker(rank: int, world_size: int, port: int) -> None:
         dist.destroy_process_group()
 
 
-def test_lora_model_trains_under_ddp_without_find_unused_parameters():
-    mp.spawn(_worker, args=(2, _free_port()), nprocs=2, join=True)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_lora_model_trains_under_ddp_without_find_unused_parameters(compiled):
+    mp.spawn(_worker, args=(2, _free_port(), compiled), nprocs=2, join=True)

@@ -289,6 +289,7 @@ def test_compiled_training_step_matches_eager_and_checkpoints_keep_their_keys(nn
 
 
 def test_a_compile_failure_at_the_first_step_falls_back_to_eager_once(nn_env, monkeypatch):
+    torch._dynamo.reset()  # no graph compiled by an earlier test may be reused
     trainer = _trainer(nn_env, monkeypatch)
     trainer.segzoo_config.train.compile_backend = _register_failing_backend()
     trainer.compile_network()
@@ -336,6 +337,7 @@ def test_training_compiled_through_the_cli(nn_env):
     log = _latest_log(fold)
     assert "Compiling the zoo model regionally (torch.compile, backend aot_eager)" in log
     assert "torch.compile failed" not in log
+    assert re.search(r"training throughput: [\d.]+ images/s \(3 iterations of batch \d+ in [\d.]+ s\)", log)
     assert (fold / "validation" / "summary.json").is_file()
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert not any("_orig_mod" in k for k in final["network_weights"])

@@ -1,0 +1,26 @@
+"""A trainer mix-in that logs each training epoch's throughput in images per second."""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["LogsTrainingThroughput"]
+
+
+class LogsTrainingThroughput:
+    """Put before an ``nnUNetTrainer`` in the bases: after nnU-Net's own epoch bookkeeping,
+    logs ``training throughput: X images/s``. Each nnU-Net training step ends with the loss
+    on the host, so the wall time includes the device's work: the figure to hold against
+    the model's raw speed (``benchmarks/bench_models.py``) to see what data loading costs."""
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._train_epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, train_outputs: list[dict]) -> None:
+        seconds = time.perf_counter() - self._train_epoch_started
+        super().on_train_epoch_end(train_outputs)
+        images = self.num_iterations_per_epoch * self.batch_size
+        self.print_to_log_file(f"training throughput: {images / seconds:.1f} images/s "
+                               f"({self.num_iterations_per_epoch} iterations of batch {self.batch_size} "
+                               f"in {seconds:.1f} s)")
