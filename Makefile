@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch first, pinned: this workplace installs 2.14.1 from local files; an unpinned
-# torch pulled in by a dependency would download several GB.
+# torch first, pinned to the release the test suite runs with: an unpinned torch pulled in
+# by a dependency could resolve to another multi-GB build.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup test demo bench gpu-wheels gpu-suite-smoke clean

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The seed plan's entry point, kept working: ``python nnUNetv2_train_segformer.py 996 2d 0 --segformer_config my.yaml``.
+"""A compatibility name (docs/compatibility.md), kept working: ``python nnUNetv2_train_segformer.py 996 2d 0 --segformer_config my.yaml``.
 
 It trains the zoo configuration derived from the YAML's model section (planned if it is
 missing), so it and ``segzoo-nnunet train 996 2d_<model> 0 --config my.yaml`` are the same run.

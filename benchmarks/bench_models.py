@@ -3,7 +3,7 @@
 For each model this measures, round-robin so that machine noise hits every variant alike:
 
 - ``backbone``: the timm ViT alone (``forward_intermediates`` at the model's feature layers),
-- ``seed``: the seed plan's layout (four same-stride maps into the same head, ``neck="none"``),
+- ``same_stride``: four same-stride maps into the same head (``neck="none"``, a compatibility layout),
 - ``model``: the zoo model as registered (default: simple feature pyramid + head),
 
 each in every ``--compile-modes`` entry (``eager``; ``regional``: each encoder block, then
@@ -77,8 +77,8 @@ def build_variants(name: str, args: argparse.Namespace, compiled: bool) -> dict[
     model = segzoo.create_model(name, **kwargs)
     variants = {"backbone": BackboneAlone(model.backbone), "model": model}
     if isinstance(model.neck, SimpleFeaturePyramid) and name.startswith("segformer_"):
-        # the seed plan's layout: the same head on four same-stride maps
-        variants["seed"] = segzoo.create_model(name, neck="none", **kwargs)
+        # the compatibility layout: the same head on four same-stride maps
+        variants["same_stride"] = segzoo.create_model(name, neck="none", **kwargs)
     return {k: variants[k] for k in args.variants if k in variants}
 
 
@@ -254,8 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile-modes", nargs="+", default=["eager"], choices=["eager", "regional", "whole"],
                         help="time every variant in each mode, in one run (compiled modes build a fixed size)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager for a quick check)")
-    parser.add_argument("--variants", nargs="+", default=["backbone", "seed", "model"],
-                        choices=["backbone", "seed", "model"], help="which variants to time")
+    parser.add_argument("--variants", nargs="+", default=["backbone", "same_stride", "model"],
+                        choices=["backbone", "same_stride", "model"], help="which variants to time")
     parser.add_argument("--model-kwargs", type=json.loads, default={},
                         help='extra create_model kwargs as JSON, e.g. \'{"backbone_kwargs": {"depth": 2}}\'')
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (H100 bf16: 989)")

@@ -8,7 +8,7 @@
 #   results.jsonl   every figure, as JSON lines
 #   suite.log       everything the stages printed
 # Stages, most important first (a stage that would start with under 20 s left is skipped):
-#   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / seed / model
+#   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / same-stride / model
 #   nnunet_zoo      bench_nnunet_training: plan, preprocess, train 2d_segformer_dinov3_large
 #                   (2 x 50 iterations, compiled regionally by default), predict
 #   zoo_heads       bench_models: upernet and mask2former on dinov3_large, eager and regional

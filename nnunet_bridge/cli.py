@@ -54,7 +54,7 @@ def resolve_training_configuration(dataset: str, configuration: str, config_path
     """The zoo configuration to train for ``configuration``.
 
     A zoo configuration is trained as planned. A plain nnU-Net configuration such as
-    ``2d`` (the seed plan's ``nnUNetv2_train_segformer.py 996 2d 0 --segformer_config my.yaml``)
+    ``2d`` (the compatibility entry point ``nnUNetv2_train_segformer.py 996 2d 0 --segformer_config my.yaml``)
     or a name not in the plans is derived from the YAML's model section, planning it if needed.
     """
     from .config import load_config

@@ -5,12 +5,12 @@ configuration stored in the dataset's plans by ``segzoo-nnunet plan`` and then w
 user's YAML. Unknown keys are an error naming the key, so a typo never silently trains
 with a default.
 
-Field names and meanings follow the seed plan (``model.backbone``, ``backbone_size``,
+Field names and meanings keep the compatibility names (``model.backbone``, ``backbone_size``,
 ``decoder_hidden_size``, ``checkpoint_path``; ``lora.enabled``, ``r``, ``lora_alpha``,
 ``target_modules``, ``lora_dropout``; ``train.initial_lr``, ``weight_decay``,
 ``gradient_clip``). Training defaults follow nnU-Net's own transformer trainer (Primus:
 AdamW, weight decay 5e-2, betas 0.9/0.98, clip 1.0, linear warm-up then poly decay)
-instead of the seed plan's UNet-style values (lr 1e-3, wd 3e-5, clip 12), because
+instead of the U-Net-style values of the fork segzoo replaces (lr 1e-3, wd 3e-5, clip 12), because
 those were tuned for SGD on convolutional nets and destabilise pretrained ViTs. The
 learning rate defaults to 1e-4 for pretrained backbones and to Primus' 3e-4 from scratch.
 """
@@ -58,7 +58,7 @@ class ModelConfig:
     backbone_size: str = _field("large", "small | base | large | giant (the sizes the backbone family has)")
     decoder_hidden_size: Optional[int] = _field(None, "decode head width (SegFormer's MLP, UperNet's channels); "
                                                       "null -> the head's own default (SegFormer 256, UperNet 512)")
-    neck: Optional[str] = _field(None, "pyramid (strides 4/8/16/32) | none (the seed plan's same-stride maps); "
+    neck: Optional[str] = _field(None, "pyramid (strides 4/8/16/32) | none (four same-stride maps); "
                                        "null -> the model's default (pyramid for ViTs; MiT takes none)")
     pretrained: bool = _field(True, "load the backbone's published weights in the trainer (never at inference)")
     pretrained_tag: str = _field("", "weights tag, e.g. \"lvd1689m\", \"sat493m\"; \"\" -> the model's default tag")
@@ -109,7 +109,7 @@ class TrainConfig:
 
 @dataclass
 class SegZooNNUNetConfig:
-    """Root configuration (the seed plan's ``SegFormernnUNetConfig``, generalised to the zoo)."""
+    """Root configuration (compatibility name ``SegFormernnUNetConfig``, generalised to the zoo)."""
 
     model: ModelConfig = _field(help="which zoo model and which backbone weights", factory=ModelConfig)
     lora: LoraConfig = _field(help="peft LoRA on the backbone", factory=LoraConfig)

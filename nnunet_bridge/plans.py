@@ -39,7 +39,9 @@ NETWORK_CLASS_NAME = "nnunet_bridge.network.build_zoo_network"
 BASE_CONFIGURATION = "2d"
 # nnU-Net normalisations that leave intensities in [0, 1]: the backbone's mean/std then apply
 _UNIT_RANGE_SCHEMES = {"RGBTo01Normalization", "RescaleTo01Normalization"}
-# ViT-L/16 trains with batch 8 at 512x512 (1024 tokens) in ~13 GiB with bf16 (BENCHMARKS.md)
+# segformer_dinov3_large trains with batch 8 at 512x512 (1024 tokens) in bf16 with a 21.7 GiB
+# peak (README, "On a GPU": bench_models.py on an H100), so it fits a 24 GiB card; other sizes
+# scale the batch by their token count and width
 _REFERENCE_TOKENS_X_BATCH = 8 * 1024
 _SIZE_FACTOR = {"small": 4.0, "base": 2.0, "large": 1.0, "giant": 0.5}
 

@@ -384,11 +384,11 @@ class nnUNetTrainerSegZoo(LogsTrainingThroughput, nnUNetTrainer):
 
 
 class nnUNetTrainer_segformer(nnUNetTrainerSegZoo):
-    """The seed plan's trainer name."""
+    """Compatibility name of :class:`nnUNetTrainerSegZoo` (docs/compatibility.md)."""
 
 
 class nnUNetTrainerNoDeepSupervision_segformer(nnUNetTrainerSegZoo):
-    """The seed plan's name for the variant without deep supervision (which every zoo trainer is)."""
+    """Compatibility name for the variant without deep supervision (which every zoo trainer is)."""
 
 
 class _ModelOwnLoss:

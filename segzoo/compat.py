@@ -1,4 +1,4 @@
-"""The seed plan's spellings, kept as thin aliases over :func:`segzoo.create_model`."""
+"""Compatibility names (docs/compatibility.md), kept as thin aliases over :func:`segzoo.create_model`."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def create_segformer_model(
     lora_target_modules: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """``create_segformer_model(backbone_name="dinov3", backbone_size="large", ...)`` from the seed plan.
+    """``create_segformer_model(backbone_name="dinov3", backbone_size="large", ...)`` (compatibility name).
 
     Same as ``segzoo.create_model(f"segformer_{backbone_name}_{backbone_size}", ...)`` with
     ``lora=dict(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=...)``

@@ -137,7 +137,7 @@ def test_bad_lora_arguments_are_named(tiny):
         apply_lora(model)
 
 
-def test_seed_plan_spellings(tiny, capsys):
+def test_compatibility_names(tiny, capsys):
     model = segzoo.create_segformer_model(
         backbone_name="dinov3", backbone_size="base", num_classes=2, use_lora=True, lora_rank=4,
         backbone_kwargs=tiny["backbone_kwargs"], decoder_hidden_size=32,

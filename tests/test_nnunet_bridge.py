@@ -26,7 +26,7 @@ TINY_MODEL = {"name": "segformer_dinov2_small", "pretrained": False, "decoder_hi
 # -- config ----------------------------------------------------------------------------
 
 
-def test_defaults_follow_the_seed_plan_names_and_primus_values():
+def test_defaults_keep_the_compatibility_names_and_primus_values():
     config = load_config()
     assert zoo_model_name(config) == "segformer_dinov3_large"
     assert config.model.decoder_hidden_size is None and config.model.checkpoint_path == ""

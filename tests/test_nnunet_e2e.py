@@ -3,7 +3,7 @@
 plan_and_preprocess -> segzoo-nnunet plan -> train (validation writes summary.json) ->
 segzoo-nnunet predict == stock nnUNetv2_predict -> --c continues -> kill mid-run and
 continue -> -pretrained_weights across class counts -> a 1-channel dataset through the
-seed plan's entry point. Preprocessing happens once per dataset (module fixtures).
+compatibility entry point. Preprocessing happens once per dataset (module fixtures).
 """
 
 from __future__ import annotations

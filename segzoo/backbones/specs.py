@@ -72,7 +72,7 @@ class BackboneSpec:
 def default_feature_indices(depth: int) -> list[int]:
     """Four evenly spaced block indices ending at the last block.
 
-    Gives [2, 5, 8, 11] for 12 blocks and [5, 11, 17, 23] for 24 (the seed plan's
+    Gives [2, 5, 8, 11] for 12 blocks and [5, 11, 17, 23] for 24 (the compatibility
     choices), [9, 19, 29, 39] for 40. Shallow test models repeat indices (depth 2 ->
     [0, 0, 0, 1]); the backbone computes each block once.
     """

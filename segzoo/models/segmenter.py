@@ -92,7 +92,7 @@ class Segmenter(nn.Module):
         target_modules: Sequence[str] | None = None,
         verbose: bool = True,
     ) -> None:
-        """Seed-plan spelling of :func:`segzoo.lora.apply_lora` (peft LoRA on the backbone,
+        """Compatibility name of :func:`segzoo.lora.apply_lora` (peft LoRA on the backbone,
         default target ``qkv``); prints the trainable-parameter table unless ``verbose=False``."""
         from ..lora import apply_lora  # peft is imported only when LoRA is used
 
@@ -102,9 +102,9 @@ class Segmenter(nn.Module):
             self.print_trainable_parameters(detailed=True)
 
     def disable_lora(self) -> None:
-        """Seed-plan spelling of :func:`segzoo.lora.merge_lora`: fold the adapters into the backbone.
+        """Compatibility name of :func:`segzoo.lora.merge_lora`: fold the adapters into the backbone.
 
-        On a model without LoRA it warns (the seed plan printed a notice) instead of raising,
+        On a model without LoRA it warns (the original printed a notice) instead of raising,
         so scripts that call it unconditionally keep working; ``merge_lora`` raises.
         """
         from ..lora import has_lora, merge_lora

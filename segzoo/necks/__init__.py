@@ -13,7 +13,7 @@ NECKS: dict[str, type[nn.Module]] = {"pyramid": SimpleFeaturePyramid, "none": Id
 
 
 def create_neck(name: str, in_channels: list[int]) -> nn.Module:
-    """``"pyramid"`` (strides 4/8/16/32, default) or ``"none"`` (the seed plan's same-stride maps)."""
+    """``"pyramid"`` (strides 4/8/16/32, default) or ``"none"`` (the four same-stride maps, a compatibility layout)."""
     if name not in NECKS:
         raise ValueError(f"Unknown neck {name!r}; choose one of {sorted(NECKS)}")
     return NECKS[name](in_channels)

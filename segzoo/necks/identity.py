@@ -1,4 +1,4 @@
-"""The seed plan's layout: the four same-stride ViT maps go to the head unchanged."""
+"""The compatibility layout: the four same-stride ViT maps go to the head unchanged."""
 
 from __future__ import annotations
 
