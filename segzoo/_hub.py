@@ -150,13 +150,13 @@ def download_backbone_weights(spec: BackboneSpec, source: WeightsSource) -> str:
         timm_cfg = timm.models.get_pretrained_cfg(f"{spec.timm_arch}.{source.timm_tag}")
         repo_id = (timm_cfg.hf_hub_id if timm_cfg else None) or f"timm/{spec.timm_arch}.{source.timm_tag}"
     filename = filename or WEIGHTS_NAME
-    return _hub_download(repo_id, filename, what=f"{spec.name} weights {source.tag!r}", gated=source.gated)
+    return hub_download(repo_id, filename, what=f"{spec.name} weights {source.tag!r}")
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _hub_download(repo_id: str, filename: str, what: str, gated: bool = False, revision: str | None = None) -> str:
+def hub_download(repo_id: str, filename: str, what: str, revision: str | None = None) -> str:
     from . import __version__
 
     page = f"{huggingface_hub.constants.ENDPOINT}/{repo_id}"
@@ -204,7 +204,7 @@ def _resolve_saved_file(name: str, filename: str) -> tuple[str, str]:
     snapshot keeps a repo's files in one folder) and a description of where it is."""
     if name.startswith(_HF_HUB_PREFIX):
         repo_id, _, revision = name[len(_HF_HUB_PREFIX):].partition("@")
-        return _hub_download(repo_id, filename, f"segzoo model {repo_id}", revision=revision or None), name
+        return hub_download(repo_id, filename, f"segzoo model {repo_id}", revision=revision or None), name
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(

@@ -75,7 +75,6 @@ def weights_table_rows() -> list[dict]:
             "hf_hub_filename": cfg.hf_hub_filename or ("model.safetensors" if cfg.hf_hub_id else None),
             "gated": cfg.gated,
             "timm_copy": bool(cfg.extra.get("timm_tag")),
-            "url": cfg.source if not cfg.hf_hub_id else "",
             "checkpoint_format": cfg.checkpoint_format,
             "license": cfg.license,
             "source": cfg.source,

@@ -10,7 +10,7 @@ import torch
 
 from segzoo.backbones import get_backbone_spec
 
-TINY_BACKBONE = dict(depth=2, embed_dim=64, num_heads=2)  # as conftest's `tiny`
+from tests.tiny_models import TINY_VIT as TINY_BACKBONE
 
 
 def source_vit(backbone: str, **overrides) -> torch.nn.Module:

@@ -12,14 +12,13 @@ os.environ.setdefault("nnUNet_def_n_proc", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# depth 2, width 64: the same timm classes as the real models, at test size
-TINY_BACKBONE = dict(depth=2, embed_dim=64, num_heads=2)
+from tests.tiny_models import TINY_VIT, TINY_WIDTH  # noqa: E402
 
 
 @pytest.fixture
 def tiny() -> dict:
     """kwargs that shrink any zoo model's backbone and head for CPU tests."""
-    return dict(backbone_kwargs=dict(TINY_BACKBONE), decoder_hidden_size=32)
+    return dict(backbone_kwargs=dict(TINY_VIT), decoder_hidden_size=TINY_WIDTH)
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,9 @@ import torch
 import segzoo
 
 
-MASK2FORMER_TINY = dict(decoder_hidden_size=32, num_queries=8, decoder_layers=3, encoder_layers=1,
-                        num_attention_heads=2, dim_feedforward=64, encoder_feedforward_dim=64)
-MIT_TINY = dict(backbone_kwargs=dict(hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1],
-                                     num_attention_heads=[1, 1, 1, 2]), decoder_hidden_size=32)
+from tests.tiny_models import TINY_MASK2FORMER, TINY_MIT as MIT_TINY
+
+MASK2FORMER_TINY = dict(TINY_MASK2FORMER, decoder_hidden_size=32)
 
 
 @pytest.mark.parametrize("name,size,extra", [

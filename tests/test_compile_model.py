@@ -17,10 +17,10 @@ from torch import nn
 import segzoo
 from segzoo.compilation import repeated_blocks
 
-MASK2FORMER_TINY = dict(decoder_hidden_size=32, num_queries=8, decoder_layers=3, encoder_layers=1,
-                        num_attention_heads=2, dim_feedforward=64, encoder_feedforward_dim=64)
-MIT_TINY = dict(backbone_kwargs=dict(hidden_sizes=[16, 32, 32, 64], depths=[2, 1, 1, 1],
-                                     num_attention_heads=[1, 1, 1, 2]), decoder_hidden_size=32)
+from tests.tiny_models import TINY_MASK2FORMER as MASK2FORMER_TINY, TINY_MIT
+
+# two layers in the first stage: regional compilation reuses one graph for both
+MIT_TINY = dict(TINY_MIT, backbone_kwargs=dict(TINY_MIT["backbone_kwargs"], depths=[2, 1, 1, 1]))
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 import segzoo
 from segzoo.optim import param_groups
 
-TINY = dict(backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2), decoder_hidden_size=32)
+from tests.tiny_models import TINY
+
 STEPS = 3
 
 

@@ -21,9 +21,9 @@ from safetensors.torch import save_file
 
 from tests.checkpoint_layouts import mae_checkpoint, source_vit
 from tests.hub_server import APPROVED_TOKEN, LocalHub
+from tests.tiny_models import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2), decoder_hidden_size=32)
 DINOV3_REPO = "timm/vit_base_patch16_dinov3.lvd1689m"
 SAT_REPO = "timm/vit_large_patch16_dinov3.sat493m"
 RETFOUND_REPO = "YukunZhou/RETFound_mae_natureCFP"

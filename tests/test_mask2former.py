@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import segzoo
+from tests.tiny_models import TINY_MASK2FORMER
 
 # a tiny transformers Mask2Former: 8 queries, 2 masked-attention layers, 1 deformable layer, 1024 points
-TINY_M2F = dict(num_queries=8, decoder_layers=3, encoder_layers=1, num_attention_heads=2, dim_feedforward=64,
-                encoder_feedforward_dim=64, train_num_points=1024)
+TINY_M2F = dict(TINY_MASK2FORMER, train_num_points=1024)
 
 
 @pytest.fixture

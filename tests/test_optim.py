@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import segzoo
+from tests.tiny_models import TINY_MIT
 from segzoo.optim import param_groups
 
 NAME = "segformer_dinov2_reg4_base"  # has pos_embed, cls and register tokens
@@ -66,8 +67,7 @@ def test_bad_arguments(tiny):
 
 
 def test_non_vit_encoder_works_without_layer_decay_and_says_why_with_it():
-    mit = segzoo.create_model("segformer_mit_b0", num_classes=2, decoder_hidden_size=32, backbone_kwargs=dict(
-        hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 2]))
+    mit = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT)
     groups = param_groups(mit, lr=1e-3, layer_decay=1.0)
     assert sum(len(g["params"]) for g in groups) == len(list(mit.parameters()))
     with pytest.raises(TypeError, match="pass layer_decay=1.0 for other encoders"):

@@ -8,10 +8,7 @@ from transformers import SegformerForImageClassification, SegformerForSemanticSe
 import segzoo
 from segzoo.models.segformer_mit import load_transformers_segformer
 
-TINY_MIT = dict(
-    backbone_kwargs=dict(hidden_sizes=[16, 32, 32, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 2]),
-    decoder_hidden_size=32,
-)
+from tests.tiny_models import TINY_MIT, TINY_VIT
 
 
 def _reference(model):
@@ -92,7 +89,7 @@ def test_checkpoint_of_another_size_is_refused():
         load_transformers_segformer(deeper, b0)
     with pytest.raises(TypeError, match="segformer_mit"):
         load_transformers_segformer(segzoo.create_model("segformer_dinov3_small", num_classes=2,
-                                                        backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2)), b0)
+                                                        backbone_kwargs=dict(TINY_VIT)), b0)
 
 
 def test_any_size_without_padding_and_minimum_size():

@@ -65,6 +65,6 @@ def test_batch_of_one_in_training_is_a_clear_error(tiny):
 def test_bad_head_options(tiny):
     with pytest.raises(ValueError, match="pool_scales"):
         segzoo.create_model("upernet_dinov2_small", num_classes=3, pool_scales=(0, 2), **tiny)
-    with pytest.raises(ValueError, match="decoder_hidden_size must be >= 1"):
+    with pytest.raises(ValueError, match="decoder_hidden_size must be an integer >= 1"):
         segzoo.create_model("upernet_dinov2_small", num_classes=3, backbone_kwargs=tiny["backbone_kwargs"],
                             decoder_hidden_size=0)

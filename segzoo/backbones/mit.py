@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from transformers import SegformerConfig, SegformerModel
 
+from .._validation import positive_int
+
 __all__ = ["MIT_CONFIGS", "MiTBackbone", "create_mit_backbone", "mit_segformer_config"]
 
 # Architecture of each size (Xie et al. 2021, Table 6); every other field is SegformerConfig's
@@ -51,8 +53,8 @@ def mit_segformer_config(
     fields.update(backbone_kwargs or {})
     if decoder_hidden_size is not None:
         fields["decoder_hidden_size"] = decoder_hidden_size
-    if fields["decoder_hidden_size"] < 1:
-        raise ValueError(f"decoder_hidden_size must be >= 1, got {fields['decoder_hidden_size']}")
+    fields["decoder_hidden_size"] = positive_int("decoder_hidden_size", fields["decoder_hidden_size"],
+                                                 "the decode head's width")
     return SegformerConfig(
         num_channels=in_chans,
         num_labels=num_classes,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import timm
 
+from .._validation import positive_int
+
 __all__ = ["BackboneSpec", "WeightsSource", "BACKBONES", "get_backbone_spec", "default_feature_indices"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -76,8 +78,7 @@ def default_feature_indices(depth: int) -> list[int]:
     choices), [9, 19, 29, 39] for 40. Shallow test models repeat indices (depth 2 ->
     [0, 0, 0, 1]); the backbone computes each block once.
     """
-    if depth < 1:
-        raise ValueError(f"backbone depth must be >= 1, got {depth}")
+    depth = positive_int("backbone depth", depth)
     return [max(0, depth * (i + 1) // 4 - 1) for i in range(4)]
 
 

@@ -21,6 +21,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerTransformerModule,
 )
 
+from .._validation import positive_int
 from .mask_matching import BatchedHungarianMatcher
 
 __all__ = ["Mask2FormerHead", "create_mask2former_head", "label_map_to_mask_targets"]
@@ -155,10 +156,9 @@ def create_mask2former_head(
         raise ValueError(
             f"decoder_hidden_size {decoder_hidden_size} must be divisible by num_attention_heads {num_attention_heads}"
         )
-    for name, value in (("num_queries", num_queries), ("decoder_layers", decoder_layers),
-                        ("encoder_layers", encoder_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    num_queries = positive_int("num_queries", num_queries)
+    decoder_layers = positive_int("decoder_layers", decoder_layers)
+    encoder_layers = positive_int("encoder_layers", encoder_layers)
     config = Mask2FormerConfig(
         num_labels=num_classes,
         hidden_dim=decoder_hidden_size,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from transformers import SegformerConfig
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
+from .._validation import positive_int
+
 __all__ = ["create_segformer_head"]
 
 
@@ -20,8 +22,7 @@ def create_segformer_head(
     (highest-resolution) map, fuses them and classifies: logits come out at the first
     map's resolution.
     """
-    if decoder_hidden_size < 1:
-        raise ValueError(f"decoder_hidden_size must be >= 1, got {decoder_hidden_size}")
+    decoder_hidden_size = positive_int("decoder_hidden_size", decoder_hidden_size, "the head's width")
     config = SegformerConfig(
         num_encoder_blocks=len(in_channels),
         hidden_sizes=list(in_channels),

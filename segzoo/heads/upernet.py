@@ -9,6 +9,8 @@ import torch
 from transformers import UperNetConfig
 from transformers.models.upernet.modeling_upernet import UperNetHead
 
+from .._validation import positive_int
+
 __all__ = ["UperNetDecodeHead", "create_upernet_head"]
 
 
@@ -41,8 +43,7 @@ def create_upernet_head(
     ``decoder_hidden_size`` is UperNet's channel width (mmsegmentation's ``channels``;
     512 in the usual ViT + UperNet setups). Logits come out at the first map's resolution.
     """
-    if decoder_hidden_size < 1:
-        raise ValueError(f"decoder_hidden_size must be >= 1, got {decoder_hidden_size}")
+    decoder_hidden_size = positive_int("decoder_hidden_size", decoder_hidden_size, "the head's width")
     scales = tuple(int(s) for s in pool_scales)
     if not scales or min(scales) < 1:
         raise ValueError(f"pool_scales must be positive output sizes of the pyramid pooling, got {pool_scales!r}")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from .._registry import PretrainedCfg, get_pretrained_cfg
+from .._validation import positive_int
 from ..backbones import BackboneSpec, create_vit_backbone, get_backbone_spec
 from ..necks import create_neck
 from .segmenter import Segmenter
@@ -51,8 +52,8 @@ def build_segmenter(
     the decoder's model file (e.g. a mask-classification head needs
     :class:`~segzoo.models.MaskClassificationSegmenter`), never by users.
     """
-    _check_positive_int("num_classes", num_classes, "the number of classes, background included")
-    _check_positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
+    num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
+    in_chans = positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
     spec = get_backbone_spec(backbone)
     fixed_size = _fixed_input_size(img_size, spec.patch_size if not backbone_kwargs or "patch_size" not in backbone_kwargs
                                    else int(backbone_kwargs["patch_size"]))
@@ -147,10 +148,3 @@ def _fixed_input_size(img_size: int | tuple[int, int] | None, patch_size: int) -
             f"got {img_size!r}; e.g. img_size={32 * patch_size}"
         )
     return tuple(size)
-
-
-def _check_positive_int(name: str, value: Any, meaning: str) -> None:
-    if value is None:
-        raise ValueError(f"{name} is required: pass {name}=K ({meaning})")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1 ({meaning}), got {value!r}")

@@ -21,6 +21,7 @@ from timm.models import adapt_input_conv
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
+from .._validation import positive_int
 from .._weights import read_checkpoint
 from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
 from ..necks import IdentityNeck
@@ -161,10 +162,8 @@ def _create_segformer_mit(
     tag_cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
     if num_classes is None and pretrained_tag:
         num_classes = tag_cfg.extra.get("num_classes")
-    for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}" if value is not None else
-                             f"{name} is required: pass {name}=K (the number of classes, background included)")
+    num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
+    in_chans = positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
     if neck != "none":
         raise ValueError(f"{variant} has a hierarchical encoder (strides 4-32) and takes no neck; got neck={neck!r}")
     if pretrained and checkpoint_path is not None:
@@ -178,9 +177,9 @@ def _create_segformer_mit(
     model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
                       pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
     if pretrained:
-        from .._hub import _hub_download
+        from .._hub import hub_download
 
-        checkpoint_path = _hub_download(tag_cfg.hf_hub_id, tag_cfg.hf_hub_filename, what=f"{variant}.{tag_cfg.tag} weights")
+        checkpoint_path = hub_download(tag_cfg.hf_hub_id, tag_cfg.hf_hub_filename, what=f"{variant}.{tag_cfg.tag} weights")
     if checkpoint_path is not None:
         state = _read_state_dict(checkpoint_path)
         # a fine-tuned file for other classes: keep everything but the final 1x1 classifier
