@@ -25,9 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 __all__ = [
-    "ModelConfig",
-    "LoraConfig",
-    "TrainConfig",
+    "ModelSection",
+    "LoraSection",
+    "TrainSection",
     "SegZooNNUNetConfig",
     "ConfigError",
     "DEFAULT_CONFIG_PATH",
@@ -49,7 +49,7 @@ def _field(default: Any = MISSING, help: str = "", factory: Any = MISSING) -> An
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     """Which zoo model to build and where its backbone weights come from."""
 
     name: str = _field("", "registered zoo name, optionally with a tag; \"\" -> `{head}_{backbone}_{backbone_size}`")
@@ -72,7 +72,7 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
+class LoraSection:
     """peft LoRA on the backbone; the neck and head stay fully trainable."""
 
     enabled: bool = _field(True, "wrap the backbone with LoRA adapters and freeze its base weights")
@@ -84,7 +84,7 @@ class LoraConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainSection:
     """Optimiser, schedule and loop lengths (nnU-Net's names where it has one)."""
 
     initial_lr: Optional[float] = _field(None, "null -> 1e-4 with pretrained weights, 3e-4 from scratch")
@@ -111,9 +111,9 @@ class TrainConfig:
 class SegZooNNUNetConfig:
     """Root configuration (compatibility name ``SegFormernnUNetConfig``, generalised to the zoo)."""
 
-    model: ModelConfig = _field(help="which zoo model and which backbone weights", factory=ModelConfig)
-    lora: LoraConfig = _field(help="peft LoRA on the backbone", factory=LoraConfig)
-    train: TrainConfig = _field(help="optimiser, schedule, loop lengths, batch and patch size", factory=TrainConfig)
+    model: ModelSection = _field(help="which zoo model and which backbone weights", factory=ModelSection)
+    lora: LoraSection = _field(help="peft LoRA on the backbone", factory=LoraSection)
+    train: TrainSection = _field(help="optimiser, schedule, loop lengths, batch and patch size", factory=TrainSection)
 
 
 class ConfigError(ValueError):

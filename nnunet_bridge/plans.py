@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .config import ConfigError, config_to_dict, load_config, zoo_model_name
+from .files import write_atomic
 from .network import arch_kwargs_from_config
 
 __all__ = [
@@ -101,7 +102,7 @@ def plan(
                 f"(`segzoo-nnunet plan {dataset} --name 2d_my_variant ...`)"
             )
     configurations[name] = new
-    _write_json_atomic(plans_path(dataset, plans_identifier), plans)
+    _write_json(plans_path(dataset, plans_identifier), plans)
     if verbose:
         print(
             f"Configuration {name!r} written to {plans_path(dataset, plans_identifier)}: model "
@@ -217,7 +218,5 @@ def _resolve(configurations: dict[str, Any], name: str) -> dict[str, Any]:
     return configuration
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=4))
-    os.replace(tmp, path)
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(str(path), json.dumps(data, indent=4).encode())

@@ -15,12 +15,13 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunet_bridge import EXT_TRAINER_DIR, ensure_ext_trainer_path
 from nnunet_bridge.config import ConfigError, load_config, resolved_initial_lr, zoo_model_name
 from nnunet_bridge.network import ZooNetwork, arch_kwargs_from_config
-from nnunet_bridge.optim import WarmupPolyLR, build_param_groups
+from nnunet_bridge.training.optimisation import WarmupPolyLR, build_param_groups
 from nnunet_bridge.plans import NETWORK_CLASS_NAME, plan
+from tests.tiny_models import TINY_VIT
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"name": "segformer_dinov2_small", "pretrained": False, "decoder_hidden_size": 32,
-              "kwargs": {"backbone_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}}}
+              "kwargs": {"backbone_kwargs": dict(TINY_VIT)}}
 
 
 # -- config ----------------------------------------------------------------------------
@@ -235,3 +236,14 @@ def test_head_defaults_apply_when_the_config_leaves_them_unset():
     assert "decoder_hidden_size" not in kwargs["model_kwargs"] and "neck" not in kwargs["model_kwargs"]
     network = build_zoo_network(3, 2, **kwargs)
     assert network.model.decode_head.classifier.in_channels == 512  # UperNet's own width, not SegFormer's 256
+
+
+def test_shipped_yaml_and_dataclass_defaults_agree():
+    """Two places hold the defaults (the documented YAML, the typed dataclasses): they must not drift."""
+    from omegaconf import OmegaConf
+
+    from nnunet_bridge.config import DEFAULT_CONFIG_PATH, SegZooNNUNetConfig
+
+    from_dataclasses = OmegaConf.to_container(OmegaConf.structured(SegZooNNUNetConfig))
+    from_yaml = OmegaConf.to_container(OmegaConf.load(DEFAULT_CONFIG_PATH))
+    assert from_yaml == from_dataclasses

@@ -29,6 +29,7 @@ from PIL import Image
 import segzoo
 
 from nnunet_bridge.synthetic import write_fundus_dataset
+from tests.tiny_models import TINY_VIT
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -39,7 +40,7 @@ TINY_CONFIG = {
         "name": "segformer_dinov3_small",
         "pretrained": False,
         "decoder_hidden_size": 32,
-        "kwargs": {"backbone_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}},
+        "kwargs": {"backbone_kwargs": dict(TINY_VIT)},
     },
     "lora": {"enabled": False},
     "train": {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1,
@@ -214,6 +215,36 @@ def test_unavailable_pretrained_weights_fail_with_the_fix(nn_env, monkeypatch):
     assert resumed.current_epoch == 3
 
 
+def test_checkpoints_hold_every_key_nnunets_own_code_reads(nn_env, monkeypatch):
+    """The bridge writes checkpoints itself; nnU-Net's own load_checkpoint must still read them."""
+    import inspect
+
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_bridge.trainer import PRETRAINED_WEIGHTS_ENV
+
+    source = _fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth"
+    saved = torch.load(source, map_location="cpu", weights_only=False)
+    nnunet_reads = set(re.findall(r"checkpoint\[['\"](\w+)['\"]\]", inspect.getsource(nnUNetTrainer.load_checkpoint)))
+    nnunet_writes = set(re.findall(r"['\"](\w+)['\"]:", inspect.getsource(nnUNetTrainer.save_checkpoint)))
+    assert {"network_weights", "optimizer_state", "current_epoch"} <= nnunet_reads
+    assert nnunet_reads | nnunet_writes <= set(saved)
+
+    trainer = _trainer_uninitialised(nn_env, monkeypatch, continue_training=True)
+    trainer.initialize()
+    nnUNetTrainer.load_checkpoint(trainer, str(source))  # nnU-Net's own code, on our trainer and file
+    assert trainer.current_epoch == saved["current_epoch"]
+    own = trainer.network.state_dict()
+    for key, value in saved["network_weights"].items():
+        torch.testing.assert_close(own[key], value)
+
+    # a leftover -pretrained_weights in the environment is not applied when --c restores a run
+    monkeypatch.setenv(PRETRAINED_WEIGHTS_ENV, str(nn_env["base"] / "no_such_checkpoint.pth"))
+    resumed = _trainer_uninitialised(nn_env, monkeypatch, continue_training=True)
+    resumed.load_checkpoint(str(source))  # would fail reading the missing file if it were applied
+    assert resumed.current_epoch == saved["current_epoch"]
+
+
 def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkeypatch):
     """Mask2Former's set-prediction loss cannot leave pixels out: say so instead of failing mid-epoch."""
     from nnunet_bridge.config import ConfigError
@@ -234,6 +265,16 @@ def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkey
                                   "2d_mask2former_dinov3_small", 0, dataset_json, device=torch.device("cpu"))
     with pytest.raises(ConfigError, match="cannot leave out the dataset's ignore label.*segformer_"):
         trainer.initialize()
+
+
+def _trainer_uninitialised(nn_env, monkeypatch, fold: int = 0, continue_training: bool = False):
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    _ensure_planned(nn_env)
+    return nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=continue_training), CONFIG_NAME, fold,
+                               _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
 
 
 def _trainer(nn_env, monkeypatch, fold: int = 2):

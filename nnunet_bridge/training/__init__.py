@@ -1,0 +1,1 @@
+"""The pieces of the zoo trainer, each overriding one concern of nnU-Net's trainer."""
