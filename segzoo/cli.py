@@ -13,6 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
+from . import __version__
 from ._registry import UnknownModelError, list_models, model_entrypoint
 from .summary import model_summary
 
@@ -77,6 +78,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segzoo", description="Segmentation models on ViT foundation backbones.")
+    parser.add_argument("--version", action="version", version=f"segzoo {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("list", help="list registered models (shell wildcards)")

@@ -14,7 +14,7 @@ __all__ = ["create_segformer_model"]
 def create_segformer_model(
     backbone_name: str = "dinov3",
     backbone_size: str = "large",
-    num_classes: int = 1,
+    num_classes: int | None = None,
     decoder_hidden_size: int = 256,
     checkpoint_path: str | None = None,
     freeze_backbone: bool = False,
@@ -30,6 +30,7 @@ def create_segformer_model(
     Same as ``segzoo.create_model(f"segformer_{backbone_name}_{backbone_size}", ...)`` with
     ``lora=dict(r=lora_rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=...)``
     when ``use_lora``. Extra ``kwargs`` (``neck=``, ``backbone_kwargs=`` ...) go to ``create_model``.
+    ``num_classes`` is required, as in ``create_model``: there is no sensible default.
     """
     if checkpoint_path is not None:
         kwargs["checkpoint_path"] = checkpoint_path

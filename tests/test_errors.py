@@ -63,3 +63,32 @@ def test_pretrained_gated_file_offline_and_uncached_points_to_checkpoint_path(ti
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(segzoo.HubAccessError, match="RETFound_mae_natureCFP.*not in the Hugging Face cache.*checkpoint_path"):
         segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2, **tiny)
+
+
+def test_an_empty_batch_is_named(tiny):
+    model = segzoo.create_model("segformer_dinov3_small", num_classes=2, **tiny)
+    with pytest.raises(ValueError, match="input batch is empty"):
+        model(torch.randn(0, 3, 32, 32))
+
+
+def test_compatibility_factory_requires_num_classes(tiny):
+    with pytest.raises(ValueError, match="num_classes is required"):
+        segzoo.create_segformer_model(backbone_name="dinov3", backbone_size="small", use_lora=False, **tiny)
+
+
+def test_cli_prints_its_version(capsys):
+    from segzoo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"segzoo {segzoo.__version__}"
+
+
+def test_an_input_dtype_other_than_the_weights_is_named(tiny):
+    model = segzoo.create_model("segformer_dinov3_small", num_classes=2, **tiny)
+    with pytest.raises(TypeError, match=r"input dtype torch.float64 differs from the model's weights \(torch.float32\)"):
+        model(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast decides the compute dtype: allowed
+        assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 2, 32, 32)
+    model.to(torch.bfloat16)
+    assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16

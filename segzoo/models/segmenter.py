@@ -147,10 +147,18 @@ class Segmenter(nn.Module):
                 f"expected a 4-D input (B, {self.in_chans}, H, W), got shape {tuple(x.shape)}; "
                 "add the batch dimension with x.unsqueeze(0) for a single image"
             )
+        if x.shape[0] == 0:
+            raise ValueError(f"the input batch is empty (shape {tuple(x.shape)}); pass at least one image")
         if not x.is_floating_point():
             raise TypeError(
                 f"expected a floating-point input, got {x.dtype}; convert with x.float() and normalise with "
                 f"mean={self.pretrained_cfg.get('mean')}, std={self.pretrained_cfg.get('std')}"
+            )
+        weights = next(self.backbone.parameters(), None)
+        if weights is not None and x.dtype != weights.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"input dtype {x.dtype} differs from the model's weights ({weights.dtype}); convert with "
+                f"x.to({weights.dtype}) or run the model under torch.autocast"
             )
         if x.shape[1] != self.in_chans:
             raise ValueError(
