@@ -3,7 +3,8 @@
 from . import lora, models, optim  # noqa: F401  (models registers every model)
 from ._factory import create_model
 from .compilation import compile_model, is_compiled, uncompile_model
-from ._hub import HubAccessError, load_pretrained, push_to_hub, save_pretrained
+from ._factory import load_pretrained
+from ._hub import HubAccessError, push_to_hub, save_pretrained
 from .compat import create_segformer_model
 from ._registry import (
     PretrainedCfg,
@@ -16,9 +17,9 @@ from ._registry import (
     register_model,
 )
 from ._weights import CheckpointError, LoadReport, UnsafeCheckpointError, load_backbone_checkpoint
+from ._version import __version__
 from .models import Segmenter
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",

@@ -1,5 +1,7 @@
 """create_model: the front door. Registered names, pretrained tags, saved models
-(``hf-hub:`` ids and local folders), and the checks that must fail early with a clear message."""
+(``hf-hub:`` ids and local folders, LoRA adapter folders included), and the checks that
+must fail early with a clear message. This is the one module that builds models from
+saved files; ``_hub`` and ``lora`` only read and write them."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
 from torch import nn
 
+from ._hub import CONFIG_NAME, HF_HUB_PREFIX, WEIGHTS_NAME, read_saved_config, resolve_saved_file
 from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
+from ._weights import CheckpointError, load_state_dict_strict
+from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, apply_lora, load_lora_adapter, read_adapter_config
 
-__all__ = ["create_model"]
-
-HF_HUB_PREFIX = "hf-hub:"
+__all__ = ["create_model", "load_pretrained"]
 
 
 def create_model(
@@ -60,8 +64,6 @@ def create_model(
             raise ValueError(
                 f"{model_name!r} is a saved segzoo model with its own weights; checkpoint_path is for backbone files"
             )
-        from ._hub import load_pretrained
-
         overrides = dict(kwargs)
         if num_classes is not None:
             overrides["num_classes"] = num_classes
@@ -91,6 +93,83 @@ def create_model(
     return model
 
 
+def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **overrides: Any) -> nn.Module:
+    """Rebuild a saved model from a local folder or ``"hf-hub:org/name[@revision]"`` and load it strictly.
+
+    A folder from :func:`segzoo.save_pretrained` rebuilds the registered architecture from
+    its ``config.json`` and loads ``model.safetensors``; ``overrides`` replace saved kwargs
+    that do not change the weights' shapes (e.g. ``freeze_backbone=True``), shape-changing
+    ones make the strict load fail, naming the keys. An adapter folder (``adapter_only``
+    save, or :func:`segzoo.lora.save_lora_adapter`) rebuilds the recorded base with the
+    weights it was trained on, then loads the adapters (fingerprint-checked).
+    """
+    name = os.fspath(name_or_path)
+    folder = Path(name).expanduser()
+    if not name.startswith(HF_HUB_PREFIX) and (folder / ADAPTER_CONFIG_NAME).is_file() \
+            and not (folder / CONFIG_NAME).is_file():  # written by save_lora_adapter alone
+        return _load_adapter_folder(folder, overrides)
+    config, where = read_saved_config(name)
+    if config.get("adapter_only"):
+        for filename in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
+            adapter_file, _ = resolve_saved_file(name, filename)  # a Hub snapshot keeps them in one folder
+        return _load_adapter_folder(Path(adapter_file).parent, overrides)
+    weights_file, _ = resolve_saved_file(name, WEIGHTS_NAME)
+    kwargs = dict(config["model_kwargs"])
+    tag = kwargs.pop("pretrained_tag", None)
+    kwargs.update(overrides)
+    arch = config["architecture"]
+    model = create_model(f"{arch}.{tag}" if tag else arch, pretrained=False, **kwargs)
+    try:
+        state = load_file(weights_file, device="cpu")
+    except Exception as err:
+        raise CheckpointError(f"could not read {weights_file!r}: truncated or corrupted safetensors file ({err})") from err
+    _restore_shared_names(model, state)
+    load_state_dict_strict(model, state, source=where, verbose=verbose)
+    return model
+
+
+def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:
+    """Rebuild an adapter's base as it was built (published weights, or its recorded
+    ``checkpoint_path``), then load the adapter onto it."""
+    if overrides:
+        raise ValueError(
+            f"{folder} is a LoRA adapter folder: its base is rebuilt exactly as it was trained, so options "
+            f"{sorted(overrides)} cannot apply; build the base with them yourself and call "
+            "segzoo.lora.load_lora_adapter(base_model, folder)"
+        )
+    config = read_adapter_config(folder)
+    if not config.get("model_name"):
+        raise ValueError(
+            "adapter config records no model_name; load it onto a base model: load_lora_adapter(model, dir)"
+        )
+    kwargs = dict(config["model_kwargs"])
+    tag = kwargs.pop("pretrained_tag", None)
+    name = f"{config['model_name']}.{tag}" if tag else config["model_name"]
+    base = config.get("base", {})
+    pretrained = bool(base.get("pretrained", True))
+    checkpoint_path = base.get("checkpoint_path")
+    if checkpoint_path and not pretrained:
+        if not Path(checkpoint_path).is_file():
+            raise FileNotFoundError(
+                f"the adapter's base was built from checkpoint_path={checkpoint_path!r}, which does not exist here; "
+                "build the base yourself and call load_lora_adapter(base_model, directory)"
+            )
+        kwargs["checkpoint_path"] = checkpoint_path
+    return load_lora_adapter(create_model(name, pretrained=pretrained, **kwargs), folder)
+
+
+def _restore_shared_names(model: nn.Module, state: dict[str, Any]) -> None:
+    """safetensors stores a tensor shared by several names (tied weights) once; give every name its value."""
+    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.numel():
+            groups.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
+    for names in groups.values():
+        present = [n for n in names if n in state]
+        for name in names if present and len(names) > 1 else []:
+            state.setdefault(name, state[present[0]])
+
+
 def _looks_like_path(name: str) -> bool:
     """Registered names never hold a path separator; a name that does must be a folder.
     A bare name is a folder only if no model is registered under it."""
@@ -100,8 +179,6 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _apply_lora_option(model: nn.Module, lora: Any) -> None:
-    from .lora import apply_lora  # imported here: lora.py imports the factory for load_lora_adapter
-
     if lora is True:
         lora = {}
     if not isinstance(lora, dict):

@@ -1,9 +1,9 @@
-"""The Hugging Face Hub side: download backbone weights, and save / reload / push whole models.
+"""The Hugging Face Hub side, files only: download backbone weights, write / push / read saved models.
 
 A saved model is a folder (or Hub repo) with ``config.json`` (registered name, the kwargs
 that rebuild it, segzoo version, pretrained config), ``model.safetensors`` (every weight)
-and a generated ``README.md`` model card. Reloading rebuilds the architecture by name and
-loads the weights strictly, so a model trained anywhere reloads anywhere.
+and a generated ``README.md`` model card. This module never builds a model: reloading is
+:func:`segzoo.create_model`'s (``segzoo._factory``), which reads these files through it.
 
 Downloads go through :func:`huggingface_hub.hf_hub_download`: the standard cache
 (``HF_HOME`` / ``HF_HUB_CACHE``), its progress bars, tokens and ``HF_HUB_OFFLINE=1``.
@@ -20,18 +20,26 @@ from typing import TYPE_CHECKING, Any
 
 import huggingface_hub
 from huggingface_hub import errors as hf_errors
+from safetensors.torch import save_model
 from torch import nn
+
+from ._version import __version__
+from ._weights import CheckpointError
+from .lora import save_lora_adapter
 
 if TYPE_CHECKING:
     from .backbones.specs import BackboneSpec, WeightsSource
 
 __all__ = [
     "CONFIG_NAME",
+    "HF_HUB_PREFIX",
     "WEIGHTS_NAME",
     "HubAccessError",
     "download_backbone_weights",
-    "load_pretrained",
+    "hub_download",
     "push_to_hub",
+    "read_saved_config",
+    "resolve_saved_file",
     "save_pretrained",
 ]
 
@@ -39,7 +47,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
 FORMAT_VERSION = 1
-_HF_HUB_PREFIX = "hf-hub:"
+HF_HUB_PREFIX = "hf-hub:"
 
 
 class HubAccessError(OSError):
@@ -55,10 +63,6 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, adapter
     megabytes instead of a whole ViT), recording which base weights they belong to; loading
     rebuilds that base. Returns the folder.
     """
-    from safetensors.torch import save_model
-
-    from .lora import save_lora_adapter
-
     config = _model_config(model)
     folder = Path(save_directory).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
@@ -70,42 +74,6 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, adapter
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
     (folder / MODEL_CARD_NAME).write_text(_model_card(config))
     return folder
-
-
-def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **overrides: Any) -> nn.Module:
-    """Rebuild a saved model from a local folder or ``"hf-hub:org/name[@revision]"`` and load it strictly.
-
-    ``overrides`` replace saved kwargs that do not change the weights' shapes (e.g.
-    ``freeze_backbone=True``); shape-changing ones make the strict load fail, naming the keys.
-    """
-    from safetensors.torch import load_file
-
-    from ._factory import create_model
-    from ._weights import CheckpointError, load_state_dict_strict
-
-    config_file, where = _resolve_saved_file(os.fspath(name_or_path), CONFIG_NAME)
-    try:
-        config = json.loads(Path(config_file).read_text())
-        arch, kwargs = config["architecture"], dict(config["model_kwargs"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{where}: {CONFIG_NAME} is not a segzoo model config ({err})") from err
-    if config.get("adapter_only"):
-        from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, load_lora_adapter
-
-        for filename in (ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME):
-            adapter_file, _ = _resolve_saved_file(os.fspath(name_or_path), filename)
-        return load_lora_adapter(Path(adapter_file).parent)  # rebuilds the recorded base, checks its fingerprint
-    weights_file, _ = _resolve_saved_file(os.fspath(name_or_path), WEIGHTS_NAME)
-    tag = kwargs.pop("pretrained_tag", None)
-    kwargs.update(overrides)
-    model = create_model(f"{arch}.{tag}" if tag else arch, pretrained=False, **kwargs)
-    try:
-        state = load_file(weights_file, device="cpu")
-    except Exception as err:
-        raise CheckpointError(f"could not read {weights_file!r}: truncated or corrupted safetensors file ({err})") from err
-    _restore_shared_names(model, state)
-    load_state_dict_strict(model, state, source=where, verbose=verbose)
-    return model
 
 
 def push_to_hub(
@@ -157,8 +125,6 @@ def download_backbone_weights(spec: BackboneSpec, source: WeightsSource) -> str:
 
 
 def hub_download(repo_id: str, filename: str, what: str, revision: str | None = None) -> str:
-    from . import __version__
-
     page = f"{huggingface_hub.constants.ENDPOINT}/{repo_id}"
     fallback = "or download the file yourself and pass checkpoint_path=... (pretrained=False)"
     try:
@@ -187,23 +153,11 @@ def hub_download(repo_id: str, filename: str, what: str, revision: str | None = 
         raise HubAccessError(f"{what}: {repo_id} has no file {filename!r} ({page}); {fallback}") from err
 
 
-def _restore_shared_names(model: nn.Module, state: dict[str, Any]) -> None:
-    """safetensors stores a tensor shared by several names (tied weights) once; give every name its value."""
-    groups: dict[tuple[int, tuple[int, ...]], list[str]] = {}
-    for name, tensor in model.state_dict().items():
-        if tensor.numel():
-            groups.setdefault((tensor.data_ptr(), tuple(tensor.shape)), []).append(name)
-    for names in groups.values():
-        present = [n for n in names if n in state]
-        for name in names if present and len(names) > 1 else []:
-            state.setdefault(name, state[present[0]])
-
-
-def _resolve_saved_file(name: str, filename: str) -> tuple[str, str]:
+def resolve_saved_file(name: str, filename: str) -> tuple[str, str]:
     """Local path of one file of a saved model (downloaded for ``hf-hub:`` ids; a Hub
     snapshot keeps a repo's files in one folder) and a description of where it is."""
-    if name.startswith(_HF_HUB_PREFIX):
-        repo_id, _, revision = name[len(_HF_HUB_PREFIX):].partition("@")
+    if name.startswith(HF_HUB_PREFIX):
+        repo_id, _, revision = name[len(HF_HUB_PREFIX):].partition("@")
         return hub_download(repo_id, filename, f"segzoo model {repo_id}", revision=revision or None), name
     folder = Path(name).expanduser()
     if not folder.is_dir():
@@ -217,9 +171,18 @@ def _resolve_saved_file(name: str, filename: str) -> tuple[str, str]:
     return str(folder / filename), str(folder)
 
 
-def _model_config(model: nn.Module) -> dict[str, Any]:
-    from . import __version__
+def read_saved_config(name: str) -> tuple[dict[str, Any], str]:
+    """The ``config.json`` of a saved model (folder or ``hf-hub:`` id), checked, and where it is."""
+    config_file, where = resolve_saved_file(name, CONFIG_NAME)
+    try:
+        config = json.loads(Path(config_file).read_text())
+        config["architecture"], config["model_kwargs"] = str(config["architecture"]), dict(config["model_kwargs"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{where}: {CONFIG_NAME} is not a segzoo model config ({err})") from err
+    return config, where
 
+
+def _model_config(model: nn.Module) -> dict[str, Any]:
     name = getattr(model, "model_name", None)
     if not name:
         raise ValueError(

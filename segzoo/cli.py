@@ -13,7 +13,7 @@ import runpy
 import sys
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from ._registry import UnknownModelError, list_models, model_entrypoint
 from .summary import model_summary
 

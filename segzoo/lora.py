@@ -33,6 +33,7 @@ __all__ = [
     "base_weights_sha256",
     "has_lora",
     "load_lora_adapter",
+    "read_adapter_config",
     "lora_config_of",
     "merge_lora",
     "save_lora_adapter",
@@ -173,33 +174,22 @@ def save_lora_adapter(model: nn.Module, save_directory: str | Path) -> Path:
     return directory
 
 
-def load_lora_adapter(
-    model_or_directory: nn.Module | str | Path,
-    directory: str | Path | None = None,
-    pretrained: bool | None = None,
-    check_base: bool = True,
-) -> nn.Module:
+def load_lora_adapter(model: nn.Module, directory: str | Path | None = None, check_base: bool = True) -> nn.Module:
     """Load an adapter written by :func:`save_lora_adapter` onto its base model.
 
-    ``load_lora_adapter(base_model, dir)`` adds the saved LoRA layers to ``base_model``
-    (built without ``lora``; one that already has the same LoRA layers is accepted) and
-    loads the weights. ``load_lora_adapter(dir)`` first rebuilds the base with
-    :func:`segzoo.create_model` from the recorded name and kwargs, with the base weights
-    the adapter was trained on (published weights when the base was built with
-    ``pretrained=True``, else its recorded ``checkpoint_path``; ``pretrained`` overrides).
-    With ``check_base``
-    the base weights must hash to the recorded SHA-256, else the adapter would silently
-    give different outputs.
+    Adds the saved LoRA layers to ``model`` (built without ``lora``; one that already has
+    the same LoRA layers is accepted) and loads the weights. With ``check_base`` the base
+    weights must hash to the recorded SHA-256, else the adapter would silently give
+    different outputs. To rebuild the recorded base from the folder as well, call
+    ``segzoo.create_model(directory)``.
     """
-    if isinstance(model_or_directory, nn.Module):
-        if directory is None:
-            raise TypeError("load_lora_adapter(model, directory): pass the adapter directory as well")
-        model, directory = model_or_directory, Path(directory)
-        config = _read_config(directory)
-    else:
-        directory = Path(model_or_directory)
-        config = _read_config(directory)
-        model = _build_base(config, pretrained)
+    if not isinstance(model, nn.Module) or directory is None:
+        raise TypeError(
+            f"load_lora_adapter(model, directory) loads onto a model you built; got {type(model).__name__}. "
+            "To rebuild the adapter's base from the folder, call segzoo.create_model(directory)"
+        )
+    directory = Path(directory)
+    config = read_adapter_config(directory)
     if has_lora(model) and lora_config_of(model) != config["lora"]:
         raise ValueError(
             f"model already has LoRA {lora_config_of(model)} but the adapter in {directory} was saved with "
@@ -321,7 +311,9 @@ def _adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """The checked ``adapter_config.json`` of an adapter folder (name, kwargs, base, LoRA settings)."""
+    directory = Path(directory)
     path = directory / ADAPTER_CONFIG_NAME
     if not path.is_file() or not (directory / ADAPTER_WEIGHTS_NAME).is_file():
         raise FileNotFoundError(
@@ -332,27 +324,3 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if config.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a segzoo LoRA adapter config (format {config.get('format')!r})")
     return config
-
-
-def _build_base(config: dict[str, Any], pretrained: bool | None) -> nn.Module:
-    from ._factory import create_model  # the factory imports this module for create_model(lora=...)
-
-    if not config.get("model_name"):
-        raise ValueError(
-            "adapter config records no model_name; load it onto a base model: load_lora_adapter(model, dir)"
-        )
-    kwargs = dict(config["model_kwargs"])
-    tag = kwargs.pop("pretrained_tag", None)
-    name = f"{config['model_name']}.{tag}" if tag else config["model_name"]
-    base = config.get("base", {})
-    if pretrained is None:  # as the adapter's base was built
-        pretrained = bool(base.get("pretrained", True))
-    checkpoint_path = base.get("checkpoint_path")
-    if checkpoint_path and not pretrained:
-        if not Path(checkpoint_path).is_file():
-            raise FileNotFoundError(
-                f"the adapter's base was built from checkpoint_path={checkpoint_path!r}, which does not exist here; "
-                "build the base yourself and call load_lora_adapter(base_model, directory)"
-            )
-        kwargs["checkpoint_path"] = checkpoint_path
-    return create_model(name, pretrained=pretrained, **kwargs)

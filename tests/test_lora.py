@@ -101,10 +101,18 @@ def test_load_from_directory_rebuilds_the_base(tiny, tmp_path):
     model = _lora_model(tiny)
     save_lora_adapter(model, tmp_path)
     torch.manual_seed(1)  # a random-init base is reproducible from the seed
-    loaded = load_lora_adapter(tmp_path, pretrained=False).eval()
+    loaded = segzoo.create_model(tmp_path).eval()  # the recorded base: random init, same seed
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_adapter_folders_are_rebuilt_by_create_model_only(tiny, tmp_path):
+    save_lora_adapter(_lora_model(tiny), tmp_path)
+    with pytest.raises(TypeError, match=r"segzoo.create_model\(directory\)"):
+        load_lora_adapter(tmp_path)
+    with pytest.raises(ValueError, match=r"adapter folder.*\['num_classes'\].*load_lora_adapter\(base_model, folder\)"):
+        segzoo.create_model(tmp_path, num_classes=5)
 
 
 def test_load_onto_a_different_base_is_refused(tiny, tmp_path):

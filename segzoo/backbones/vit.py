@@ -9,6 +9,8 @@ import timm
 import torch
 from torch import nn
 
+from .._hub import download_backbone_weights
+from .._weights import load_backbone_checkpoint
 from .specs import BackboneSpec, WeightsSource, default_feature_indices
 
 __all__ = ["ViTBackbone", "create_vit_backbone"]
@@ -119,9 +121,6 @@ def create_vit_backbone(
     )
     backbone = ViTBackbone(model, indices, spec)
     if source is not None or checkpoint_path is not None:
-        from .._hub import download_backbone_weights
-        from .._weights import load_backbone_checkpoint
-
         if source is not None:
             checkpoint_path = download_backbone_weights(spec, source)
             checkpoint_format = checkpoint_format or source.checkpoint_format

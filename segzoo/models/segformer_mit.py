@@ -20,6 +20,7 @@ import torch
 from timm.models import adapt_input_conv
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
+from .._hub import hub_download
 from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
 from .._validation import positive_int
 from .._weights import read_checkpoint
@@ -177,7 +178,6 @@ def _create_segformer_mit(
     model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
                       pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
     if pretrained:
-        from .._hub import hub_download
 
         checkpoint_path = hub_download(tag_cfg.hf_hub_id, tag_cfg.hf_hub_filename, what=f"{variant}.{tag_cfg.tag} weights")
     if checkpoint_path is not None:
