@@ -76,10 +76,11 @@ def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
     name = fn.__name__
     if name in _model_entrypoints:
         raise ValueError(f"model {name!r} is registered twice (second time in {fn.__module__})")
+    module_name = fn.__module__ or "__main__"  # None for code run through exec()
     _model_entrypoints[name] = fn
-    _model_modules[name] = fn.__module__.split(".")[-1]
-    module = sys.modules[fn.__module__]
-    if hasattr(module, "__all__") and name not in module.__all__:
+    _model_modules[name] = module_name.split(".")[-1]
+    module = sys.modules.get(module_name)
+    if module is not None and hasattr(module, "__all__") and name not in module.__all__:
         module.__all__.append(name)
     return fn
 

@@ -95,3 +95,29 @@ def test_every_registered_model_builds_at_full_size_on_meta(name):
     else:
         assert head.classifier.out_channels == 3
     assert model.patch_size == spec.patch_size
+
+
+HEADS = ("segformer", "upernet", "mask2former")
+
+
+@pytest.mark.parametrize("spec_name", sorted(BACKBONES))
+def test_every_backbone_spec_has_every_head_registered_on_that_backbone(spec_name):
+    """The factories are written out one by one (greppable, as in timm): each must exist and
+    build its own backbone, not a neighbour's copied by mistake."""
+    spec = BACKBONES[spec_name]
+    # the giant models' SwiGLU MLP needs an even hidden width: 96 wide instead of the usual 64
+    backbone_kwargs = dict(depth=1, embed_dim=96 if "giant" in spec_name else 64, num_heads=2)
+    for head in HEADS:
+        name = f"{head}_{spec_name}"
+        assert segzoo.is_model(name), f"{name} is not registered: add its factory in segzoo/models/{head}.py"
+        model = segzoo.create_model(name, num_classes=2, backbone_kwargs=backbone_kwargs, decoder_hidden_size=32,
+                                    **({"num_queries": 4, "decoder_layers": 2, "encoder_layers": 1,
+                                        "num_attention_heads": 2} if head == "mask2former" else {}))
+        assert model.backbone.spec.name == spec_name
+        assert model.backbone.model.patch_embed.patch_size[0] == spec.patch_size
+
+
+def test_giant_models_with_too_narrow_tiny_kwargs_name_the_rule():
+    with pytest.raises(ValueError, match=r"SwiGLU MLP needs int\(embed_dim \* mlp_ratio\) to be even"):
+        segzoo.create_model("segformer_dinov2_giant", num_classes=2,
+                            backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2))

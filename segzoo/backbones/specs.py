@@ -1,8 +1,10 @@
 """Backbone families as data: which timm architecture, patch size, normalisation,
 feature layers, and where each family's weights come from.
 
-Adding a family or size is adding a :class:`BackboneSpec` here; the model files
-register a decoder on every spec.
+Adding a family or size takes a :class:`BackboneSpec` here *and* one explicit,
+greppable ``@register_model`` factory per head in ``segzoo/models/`` (timm's style);
+``tests/test_registry.py`` fails until every spec has every head (docs: "Adding a
+backbone or a head").
 """
 
 from __future__ import annotations

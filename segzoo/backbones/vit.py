@@ -110,15 +110,23 @@ def create_vit_backbone(
     source = _weights_source(spec, pretrained_tag) if pretrained else None
     if img_size is not None:
         kwargs["img_size"] = tuple(img_size)
-    model = timm.create_model(
-        spec.timm_arch,
-        pretrained=False,
-        num_classes=0,
-        in_chans=in_chans,
-        dynamic_img_size=img_size is None,
-        drop_path_rate=drop_path_rate,
-        **kwargs,
-    )
+    try:
+        model = timm.create_model(
+            spec.timm_arch,
+            pretrained=False,
+            num_classes=0,
+            in_chans=in_chans,
+            dynamic_img_size=img_size is None,
+            drop_path_rate=drop_path_rate,
+            **kwargs,
+        )
+    except AssertionError as err:  # timm checks shapes with bare asserts
+        raise ValueError(
+            f"timm cannot build {spec.timm_arch} with backbone_kwargs={backbone_kwargs} "
+            f"({type(err).__name__}{': ' + str(err) if str(err) else ''}). The giant models' SwiGLU MLP needs "
+            "int(embed_dim * mlp_ratio) to be even (e.g. embed_dim=96, num_heads=2); embed_dim must be "
+            "divisible by num_heads"
+        ) from err
     backbone = ViTBackbone(model, indices, spec)
     if source is not None or checkpoint_path is not None:
         if source is not None:
