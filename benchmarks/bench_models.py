@@ -261,6 +261,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (H100 bf16: 989)")
     parser.add_argument("--json", type=Path, default=None, help="also append the JSON lines to this file")
     args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        # the first step compiles, allocates and warms caches: timing it would make every ratio noise
+        parser.error(f"--warmup and --steps must be >= 1 (got --warmup {args.warmup}, --steps {args.steps})")
     if args.amp is None:
         args.amp = "bf16" if args.device.startswith("cuda") else "none"
     return args

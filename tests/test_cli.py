@@ -1,8 +1,13 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from segzoo.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_list_with_pattern_and_pretrained(capsys):
@@ -40,3 +45,9 @@ def test_every_command_has_help(capsys):
             main(command)
         assert exit_info.value.code == 0
     assert "usage: segzoo bench" in capsys.readouterr().out
+
+
+def test_bench_refuses_untimed_warmup():
+    result = subprocess.run([sys.executable, "benchmarks/bench_models.py", "--warmup", "0"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--warmup and --steps must be >= 1" in result.stderr
