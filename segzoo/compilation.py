@@ -63,7 +63,7 @@ def compile_model(model: nn.Module, mode: str = "regional", **compile_kwargs: An
     for block in repeated_blocks(model.backbone):
         block.compile(**compile_kwargs)
     for part in (getattr(model, "neck", None), model.decode_head):
-        if part is not None and any(True for _ in part.parameters()):
+        if part is not None and next(part.parameters(), None) is not None:  # nothing to compile in IdentityNeck
             part.compile(**compile_kwargs)
     return model
 

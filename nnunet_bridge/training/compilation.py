@@ -24,7 +24,7 @@ class CompilesRegionally(ZooTrainerBase):
     first validation step and the final validation fall back to eager if compiling fails."""
 
     def __init__(self, *args: Any, **kwargs: Any):
-        self._compiled_steps_checked: set[str] = set()  # steps that ran compiled once without error
+        self._compiled_steps_checked: set[str] = set()  # steps past their first run (compiled or eager)
         super().__init__(*args, **kwargs)
 
     def _do_i_compile(self) -> bool:
@@ -72,8 +72,11 @@ class CompilesRegionally(ZooTrainerBase):
     def _with_eager_fallback(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
         """Run ``step``; if the first compiled run of this kind of step fails, warn once, make
         the model eager again and rerun it. An error that eager also raises is not compile's."""
+        if what in self._compiled_steps_checked:
+            return step(*args)
         model = self._bare_network().model
-        if what in self._compiled_steps_checked or not is_compiled(model):
+        if not is_compiled(model):  # eager run: decided once, not by walking the modules every step
+            self._compiled_steps_checked.add(what)
             return step(*args)
         try:
             result = step(*args)
