@@ -92,3 +92,12 @@ def test_an_input_dtype_other_than_the_weights_is_named(tiny):
         assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 2, 32, 32)
     model.to(torch.bfloat16)
     assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_integer_like_counts_are_accepted_and_floats_are_named(tiny):
+    import numpy as np
+
+    model = segzoo.create_model("segformer_dinov3_small", num_classes=np.int64(3), in_chans=torch.tensor(1), **tiny)
+    assert (model.num_classes, model.in_chans) == (3, 1)
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 1 .*got 2\.0"):
+        segzoo.create_model("segformer_dinov3_small", num_classes=2.0, **tiny)
