@@ -51,9 +51,10 @@ class Result:
     params_m: float
     gflops_fwd_per_img: float
     train_img_s: float
-    infer_img_s: float
+    infer_img_s: float | None  # None with --measure train
     train_step_s: float
     first_step_s: float  # the first training step: compilation included
+    graphs_first_step: int  # graphs dynamo compiled in the first step (0 eager; regional: block, neck, head)
     peak_mem_gib: float | None
     mfu_train: float | None
 
@@ -135,10 +136,14 @@ def run(args: argparse.Namespace) -> list[Result]:
             optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
             steps[key] = _train_step(module, optimizer, x, target, amp_dtype)
             infers[key] = _infer(module, x, amp_dtype)
-        first_steps = {key: _timed(step, device) for key, step in steps.items()}  # compiles train graphs
-        train_times = _round_robin(steps, args.warmup, args.steps, device)
+        first_steps, graphs = {}, {}
+        for key, step in steps.items():  # compiles the training graphs
+            before = _graphs_compiled()
+            first_steps[key] = _timed(step, device)
+            graphs[key] = _graphs_compiled() - before
+        train_times = _round_robin(steps, args.warmup, args.steps, device, "train")
         peaks = _peak_memory(steps, device)
-        infer_times = _round_robin(infers, args.warmup, args.steps, device)
+        infer_times = _round_robin(infers, args.warmup, args.steps, device, "infer") if "infer" in args.measure else {}
         for key, module in entries.items():
             step_s = min(train_times[key])  # best of N: least disturbed by other work on the machine
             train_ips = args.batch / step_s
@@ -149,8 +154,8 @@ def run(args: argparse.Namespace) -> list[Result]:
                     img_size=args.img_size, batch=args.batch,
                     params_m=sum(p.numel() for p in module.parameters()) / 1e6,
                     gflops_fwd_per_img=flops[key] / 1e9, train_img_s=train_ips,
-                    infer_img_s=args.batch / min(infer_times[key]), train_step_s=step_s,
-                    first_step_s=first_steps[key], peak_mem_gib=peaks.get(key), mfu_train=mfu,
+                    infer_img_s=args.batch / min(infer_times[key]) if infer_times else None, train_step_s=step_s,
+                    first_step_s=first_steps[key], graphs_first_step=graphs[key], peak_mem_gib=peaks.get(key), mfu_train=mfu,
                 )
             )
             print(json.dumps(asdict(results[-1])), flush=True)
@@ -187,14 +192,20 @@ def _timed(fn: Callable[[], None], device) -> float:
     return time.perf_counter() - start
 
 
-def _round_robin(fns: dict, warmup: int, steps: int, device) -> dict:
+def _graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _round_robin(fns: dict, warmup: int, steps: int, device, what: str) -> dict:
     times: dict = {k: [] for k in fns}
     for i in range(warmup + steps):
         for key, fn in fns.items():
             elapsed = _timed(fn, device)
             if i >= warmup:
                 times[key].append(elapsed)
-        print(f"  timing {i + 1}/{warmup + steps}", file=sys.stderr, flush=True)
+        print(f"  {what} timing {i + 1}/{warmup + steps}", file=sys.stderr, flush=True)
     return times
 
 
@@ -230,11 +241,12 @@ def print_table(results: list[Result]) -> None:
     for r in results:
         b = base.get((r.model, r.compile_mode))
         ratio_train = f"{r.train_img_s / b.train_img_s:.2f}" if b else "n/a"
-        ratio_infer = f"{r.infer_img_s / b.infer_img_s:.2f}" if b else "n/a"
+        ratio_infer = f"{r.infer_img_s / b.infer_img_s:.2f}" if b and r.infer_img_s and b.infer_img_s else "n/a"
+        infer = f"{r.infer_img_s:.3f}" if r.infer_img_s is not None else "n/a"
         peak = f"{r.peak_mem_gib:.2f}" if r.peak_mem_gib is not None else "n/a"
         mfu = f"{100 * r.mfu_train:.0f}%" if r.mfu_train is not None else "n/a"
         print(f"{r.model:<28}{r.variant:<10}{r.compile_mode:<10}{r.params_m:>9.1f}{r.gflops_fwd_per_img:>10.1f}"
-              f"{r.first_step_s:>11.1f}{r.train_img_s:>12.3f}{ratio_train:>6}{r.infer_img_s:>12.3f}{ratio_infer:>6}"
+              f"{r.first_step_s:>11.1f}{r.train_img_s:>12.3f}{ratio_train:>6}{infer:>12}{ratio_infer:>6}"
               f"{peak:>9}{mfu:>6}")
     print("(x bb = speed relative to the backbone alone compiled the same way; time cost = 1 / x bb; "
           f"device: {results[0].device})")
@@ -256,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (aot_eager for a quick check)")
     parser.add_argument("--variants", nargs="+", default=["backbone", "same_stride", "model"],
                         choices=["backbone", "same_stride", "model"], help="which variants to time")
+    parser.add_argument("--measure", nargs="+", default=["train", "infer"], choices=["train", "infer"],
+                        help="what to time (inference in a compiled mode compiles its own graphs first)")
     parser.add_argument("--model-kwargs", type=json.loads, default={},
                         help='extra create_model kwargs as JSON, e.g. \'{"backbone_kwargs": {"depth": 2}}\'')
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (H100 bf16: 989)")

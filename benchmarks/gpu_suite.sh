@@ -4,21 +4,23 @@
 # carried in .gpu_wheels/). Each stage has its own time limit, so a hang or a crash loses
 # that stage, not the run. Results go to $OUT (default ./gpu_results), in four files:
 #   gpu.txt         the card
-#   stages.txt      each stage's exit status and wall time (124 = hit its limit)
+#   stages.txt      each stage's exit status and wall time (and whether it hit its limit)
 #   results.jsonl   every figure, as JSON lines
 #   suite.log       everything the stages printed
 # Stages, most important first (a stage that would start with under 20 s left is skipped):
-#   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / same-stride / model
 #   nnunet_zoo      bench_nnunet_training: plan, preprocess, train 2d_segformer_dinov3_large
-#                   (2 x 50 iterations, compiled regionally by default), predict
-#   zoo_heads       bench_models: upernet and mask2former on dinov3_large, eager and regional
+#                   (2 x 30 iterations, compiled regionally by default), predict
+#   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / model, training
+#                   (with dynamo's recompile and graph-break logs)
+#   zoo_heads       bench_models: mask2former and upernet on dinov3_large, eager and regional, training
 #   nnunet_unet     bench_nnunet_training: nnU-Net's own 2d U-Net, as long, on the same data
 #   m2f_loss        bench_mask2former_loss: transformers' matcher vs the batched one
-#   zoo_mit         bench_models: segformer_mit_b5, eager and regional
+#   zoo_mit         bench_models: segformer_mit_b5, eager and regional, training and inference
 #   zoo_whole       bench_models: segformer_dinov3_large compiled as one graph (the time left)
 #
 #   make gpu-wheels && bash benchmarks/gpu_suite.sh          # on the GPU machine
 #   SUITE_SMOKE=1 bash benchmarks/gpu_suite.sh               # tiny models, CPU: checks the script
+#   SUITE_STAGES="nnunet_zoo zoo_segformer" SUITE_SECONDS=250 bash benchmarks/gpu_suite.sh  # some stages
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_results}"
@@ -46,23 +48,33 @@ if [ -n "${SUITE_SMOKE:-}" ]; then
 else
   device=cuda; tiny='{}'; tiny_mit='{}'
   large=segformer_dinov3_large; upernet=upernet_dinov3_large; m2f=mask2former_dinov3_large; mit=segformer_mit_b5
-  size=512; batch=8; backend=inductor; nnunet_args=(--device cuda --workers 12 --batch "$batch")
+  size=512; batch=8; backend=inductor; nnunet_args=(--device cuda --workers 12 --batch "$batch" --cases 12 --iterations 30)
   m2f_args=(--batch 8 --img-size 512 --device cuda)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 fi
 "$python" -c "import torch, timm, transformers; print('torch', torch.__version__, 'timm', timm.__version__,
   'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 
-# stage NAME SECONDS COMMAND...: run with a limit no later than the suite's budget allows
+# stage NAME SECONDS COMMAND...: run with a limit no later than the suite's budget allows, in a
+# process group of its own, killed whole at the limit and after: nnU-Net's augmentation workers
+# and inductor's compile workers must not outlive their stage and slow the next one down
 stage() {
   local name=$1 limit=$2; shift 2
+  if [ -n "${SUITE_STAGES:-}" ] && [[ " $SUITE_STAGES " != *" $name "* ]]; then return; fi
   local left=$(( budget - (SECONDS - started) ))
   (( limit > left )) && limit=$left
   if (( limit < 20 )); then echo "$name skipped: ${left}s left of the ${budget}s budget" | tee -a "$out/stages.txt"; return; fi
   echo "=== $name (limit ${limit}s)" | tee -a "$out/suite.log"
   local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" >>"$out/suite.log" 2>&1
+  setsid "$@" >>"$out/suite.log" 2>&1 &
+  local pid=$!
+  ( sleep "$limit"; kill -TERM -- "-$pid" 2>/dev/null; sleep 10; kill -KILL -- "-$pid" 2>/dev/null ) &
+  local watchdog=$!
+  wait "$pid"
   local rc=$?
+  kill "$watchdog" 2>/dev/null; wait "$watchdog" 2>/dev/null
+  kill -KILL -- "-$pid" 2>/dev/null
+  (( SECONDS - t0 >= limit )) && rc="$rc (hit its limit)"
   echo "$name rc=$rc ${limit}s-limit $(( SECONDS - t0 ))s" | tee -a "$out/stages.txt"
 }
 
@@ -70,14 +82,15 @@ bench=("$python" benchmarks/bench_models.py --img-size "$size" --batch "$batch" 
        --peak-tflops 989 --steps 5 --warmup 2 --backend "$backend" --json "$out/results.jsonl")
 nnunet=("$python" benchmarks/bench_nnunet_training.py "${nnunet_args[@]}" --work /tmp/segzoo_nnunet_bench
         --json "$out/results.jsonl")
-stage zoo_segformer 100 "${bench[@]}" --models "$large" --compile-modes eager regional --model-kwargs "$tiny"
-stage nnunet_zoo 150 "${nnunet[@]}" --stages zoo
-stage zoo_heads 130 "${bench[@]}" --models "$upernet" "$m2f" --variants backbone model \
+stage nnunet_zoo 160 "${nnunet[@]}" --stages zoo
+stage zoo_segformer 100 env TORCH_LOGS=recompiles,graph_breaks "${bench[@]}" --models "$large" --measure train \
+  --variants backbone model --compile-modes eager regional --model-kwargs "$tiny"
+stage zoo_heads 110 "${bench[@]}" --models "$m2f" "$upernet" --variants backbone model --measure train \
   --compile-modes eager regional --model-kwargs "$tiny"
-stage nnunet_unet 100 "${nnunet[@]}" --stages unet
+stage nnunet_unet 130 "${nnunet[@]}" --stages unet
 stage m2f_loss 25 "$python" benchmarks/bench_mask2former_loss.py "${m2f_args[@]}" --json "$out/results.jsonl"
 stage zoo_mit 80 "${bench[@]}" --models "$mit" --variants backbone model --compile-modes eager regional \
   --model-kwargs "$tiny_mit"
 stage zoo_whole 600 "${bench[@]}" --models "$large" --variants backbone model --compile-modes whole \
-  --model-kwargs "$tiny"
+  --measure train --model-kwargs "$tiny"
 echo "suite done in $(( SECONDS - started ))s" | tee -a "$out/stages.txt"

@@ -108,19 +108,25 @@ def _cmd_train(args: argparse.Namespace, _rest: list[str]) -> int:
 
     from nnunetv2.run.run_training import run_training
 
-    run_training(args.dataset, configuration, args.fold, args.tr, args.p, None, args.num_gpus,
-                 args.npz, args.c, args.val, args.disable_checkpointing, args.val_best, device=device)
+    from .trainer_lookup import bridge_trainers_resolved
+
+    with bridge_trainers_resolved():
+        run_training(args.dataset, configuration, args.fold, args.tr, args.p, None, args.num_gpus,
+                     args.npz, args.c, args.val, args.disable_checkpointing, args.val_best, device=device)
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
     from nnunetv2.inference.predict_from_raw_data import predict_entry_point
 
+    from .trainer_lookup import bridge_trainers_resolved
+
     forwarded = [*rest, "-tr", args.tr, "-device", _device(args.device).type]
     old_argv = sys.argv
     sys.argv = ["nnUNetv2_predict", *forwarded]
     try:
-        predict_entry_point()
+        with bridge_trainers_resolved():
+            predict_entry_point()
     finally:
         sys.argv = old_argv
     return 0

@@ -247,3 +247,43 @@ def test_shipped_yaml_and_dataclass_defaults_agree():
     from_dataclasses = OmegaConf.to_container(OmegaConf.structured(SegZooNNUNetConfig))
     from_yaml = OmegaConf.to_container(OmegaConf.load(DEFAULT_CONFIG_PATH))
     assert from_yaml == from_dataclasses
+
+
+# -- trainer lookup --------------------------------------------------------------------
+
+
+def test_bridge_trainers_are_handed_to_nnunet_without_its_folder_search():
+    import nnunetv2.inference.predict_from_raw_data as predict_module
+    import nnunetv2.run.run_training as training_module
+
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+    from nnunet_bridge.trainer_lookup import bridge_trainers_resolved
+
+    nnunet_search = training_module.recursive_find_trainer_class_by_name
+    with bridge_trainers_resolved():
+        for module in (training_module, predict_module):
+            assert module.recursive_find_trainer_class_by_name("nnUNetTrainerSegZoo") is nnUNetTrainerSegZoo
+    assert training_module.recursive_find_trainer_class_by_name is nnunet_search  # restored
+
+
+def test_other_trainers_go_through_nnunets_search_retried_after_a_sys_modules_race():
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_bridge.trainer_lookup import find_trainer_class
+
+    calls = []
+
+    def racy_search(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return nnUNetTrainer
+
+    assert find_trainer_class("nnUNetTrainer", racy_search) is nnUNetTrainer
+    assert calls == ["nnUNetTrainer", "nnUNetTrainer"]
+
+    def missing(name):
+        raise RuntimeError(f"Could not find requested nnunet trainer {name}")
+
+    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer nnUNetTrainerTypo"):
+        find_trainer_class("nnUNetTrainerTypo", missing)
