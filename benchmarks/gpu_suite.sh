@@ -8,15 +8,17 @@
 #   results.jsonl   every figure, as JSON lines
 #   suite.log       everything the stages printed
 # Stages, most important first (a stage that would start with under 20 s left is skipped):
+#   compile_check   check_regional_compile: which parts of segformer_dinov3_large run compiled, graphs,
+#                   graph breaks, recompiles; one block's training step eager vs compiled
 #   nnunet_zoo      bench_nnunet_training: plan, preprocess, train 2d_segformer_dinov3_large
 #                   (2 x 30 iterations, compiled regionally by default), predict
 #   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / model, training
 #                   (with dynamo's recompile and graph-break logs)
+#   zoo_whole       bench_models: segformer_dinov3_large compiled as one graph (at most 150 s)
 #   zoo_heads       bench_models: mask2former and upernet on dinov3_large, eager and regional, training
 #   nnunet_unet     bench_nnunet_training: nnU-Net's own 2d U-Net, as long, on the same data
 #   m2f_loss        bench_mask2former_loss: transformers' matcher vs the batched one
 #   zoo_mit         bench_models: segformer_mit_b5, eager and regional, training and inference
-#   zoo_whole       bench_models: segformer_dinov3_large compiled as one graph (the time left)
 #
 #   make gpu-wheels && bash benchmarks/gpu_suite.sh          # on the GPU machine
 #   SUITE_SMOKE=1 bash benchmarks/gpu_suite.sh               # tiny models, CPU: checks the script
@@ -82,15 +84,19 @@ bench=("$python" benchmarks/bench_models.py --img-size "$size" --batch "$batch" 
        --peak-tflops 989 --steps 5 --warmup 2 --backend "$backend" --json "$out/results.jsonl")
 nnunet=("$python" benchmarks/bench_nnunet_training.py "${nnunet_args[@]}" --work /tmp/segzoo_nnunet_bench
         --json "$out/results.jsonl")
-stage nnunet_zoo 160 "${nnunet[@]}" --stages zoo
-stage zoo_segformer 100 env TORCH_LOGS=recompiles,graph_breaks "${bench[@]}" --models "$large" --measure train \
+check=("$python" benchmarks/check_regional_compile.py --device "$device" --backend "$backend" --img-size "$size")
+if [ -n "${SUITE_SMOKE:-}" ]; then check+=(--batch 2); else
+  check+=(--model "$large" --batch "$batch" --amp bf16 --model-kwargs '{}'); fi
+stage compile_check 60 "${check[@]}"
+stage nnunet_zoo 220 "${nnunet[@]}" --stages zoo
+stage zoo_segformer 70 env TORCH_LOGS=recompiles,graph_breaks "${bench[@]}" --models "$large" --measure train \
   --variants backbone model --compile-modes eager regional --model-kwargs "$tiny"
+stage zoo_whole 150 "${bench[@]}" --models "$large" --variants backbone model --compile-modes whole \
+  --measure train --model-kwargs "$tiny"
 stage zoo_heads 110 "${bench[@]}" --models "$m2f" "$upernet" --variants backbone model --measure train \
   --compile-modes eager regional --model-kwargs "$tiny"
 stage nnunet_unet 130 "${nnunet[@]}" --stages unet
 stage m2f_loss 25 "$python" benchmarks/bench_mask2former_loss.py "${m2f_args[@]}" --json "$out/results.jsonl"
 stage zoo_mit 80 "${bench[@]}" --models "$mit" --variants backbone model --compile-modes eager regional \
   --model-kwargs "$tiny_mit"
-stage zoo_whole 600 "${bench[@]}" --models "$large" --variants backbone model --compile-modes whole \
-  --measure train --model-kwargs "$tiny"
 echo "suite done in $(( SECONDS - started ))s" | tee -a "$out/stages.txt"

@@ -199,3 +199,22 @@ def test_whole_compile_of_a_dynamic_size_vit_warns(tiny):
     model = _tiny_model("segformer_dinov3_base", tiny)
     with pytest.warns(UserWarning, match="every new size recompiles"):
         segzoo.compile_model(model, "whole", backend="aot_eager")
+
+
+def test_regional_compile_check_sees_every_block_enter_its_compiled_call():
+    """benchmarks/check_regional_compile.py, the first thing to run on a new GPU stack: every
+    block runs through its compiled call, and one graph serves all blocks."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "benchmarks/check_regional_compile.py", "--backend", "aot_eager",
+                             "--steps", "1"], cwd=root, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(result.stdout)
+    assert report["blocks"] == 4 and report["blocks_entered_compiled"] == 4
+    assert report["entered"]["neck"] == 2 and report["entered"]["decode_head"] == 2  # two training steps
+    assert report["stats"]["unique_graphs"] == 3  # one block graph for all blocks, neck, head
+    assert report["graph_breaks"] == 0
+    assert report["block_step_s"]["eager"] > 0 and report["block_step_s"]["compiled"] > 0
