@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 import segzoo
 
@@ -30,13 +31,28 @@ def test_pyramid_gives_strides_4_to_32(tiny):
     assert [f.shape[-1] for f in same.neck(same.backbone(x))] == [16, 16, 16, 16]
 
 
-def test_padding_does_not_leak_into_the_visible_crop(tiny):
-    # the crop of a padded input must be a deterministic function of the input: same input -> same logits
-    model = segzoo.create_model("segformer_dinov3_base", num_classes=3, **tiny).eval()
-    x = torch.randn(1, 3, 40, 50)
+@pytest.mark.parametrize("name", ["segformer_dinov3_base", "segformer_dinov2_small"])  # patch 16 (RoPE), 14
+def test_non_multiple_input_is_zero_padded_bottom_right_and_cropped_top_left(tiny, name):
+    # Attention is global, so the padded pixels do reach the visible logits; what the model
+    # guarantees is a fixed rule: zeros on the bottom/right up to a multiple of the patch size,
+    # then the top-left H x W of the logits. The output is therefore exactly the crop of the
+    # output of the input padded explicitly by that rule.
+    model = segzoo.create_model(name, num_classes=3, **tiny).eval()
+    height, width = 40, 50
+    pad_h, pad_w = -height % model.pad_multiple, -width % model.pad_multiple
+    assert pad_h and pad_w  # the test needs both sides padded
+    x = torch.randn(1, 3, height, width)
     with torch.no_grad():
-        a, b = model(x), model(x.clone())
-    torch.testing.assert_close(a, b)
+        logits = model(x)
+        padded = model(F.pad(x, (0, pad_w, 0, pad_h)))
+        replicated = model(F.pad(x, (0, pad_w, 0, pad_h), mode="replicate"))
+        top_left = model(F.pad(x, (pad_w, 0, pad_h, 0)))
+    assert logits.shape == (1, 3, height, width)
+    assert padded.shape == (1, 3, height + pad_h, width + pad_w)
+    torch.testing.assert_close(logits, padded[..., :height, :width], rtol=0, atol=0)
+    # the rule is discriminating: other padding content or placement gives other logits
+    assert not torch.allclose(logits, replicated[..., :height, :width], atol=1e-3)
+    assert not torch.allclose(logits, top_left[..., pad_h:, pad_w:], atol=1e-3)
 
 
 def test_one_channel_model(tiny):
