@@ -3,7 +3,7 @@
 from . import lora, models, optim  # noqa: F401  (models registers every model)
 from ._factory import create_model
 from .compilation import compile_model, is_compiled, uncompile_model
-from ._factory import load_pretrained
+from ._factory import load_backbone_weights, load_pretrained
 from ._hub import HubAccessError, push_to_hub, save_pretrained
 from .compat import create_segformer_model
 from ._registry import (
@@ -39,6 +39,7 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "load_backbone_checkpoint",
+    "load_backbone_weights",
     "load_pretrained",
     "model_entrypoint",
     "push_to_hub",

@@ -12,12 +12,20 @@ from typing import Any
 from safetensors.torch import load_file
 from torch import nn
 
-from ._hub import CONFIG_NAME, HF_HUB_PREFIX, WEIGHTS_NAME, read_saved_config, resolve_saved_file
+from ._hub import (
+    CONFIG_NAME,
+    HF_HUB_PREFIX,
+    WEIGHTS_NAME,
+    download_backbone_weights,
+    read_saved_config,
+    resolve_saved_file,
+)
+from .backbones import ViTBackbone, get_backbone_spec, published_weights_source
 from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
-from ._weights import CheckpointError, load_state_dict_strict
+from ._weights import CheckpointError, LoadReport, load_backbone_checkpoint, load_state_dict_strict
 from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, apply_lora, load_lora_adapter, read_adapter_config
 
-__all__ = ["create_model", "load_pretrained"]
+__all__ = ["create_model", "load_backbone_weights", "load_pretrained"]
 
 
 def create_model(
@@ -126,6 +134,42 @@ def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **ove
     _restore_shared_names(model, state)
     load_state_dict_strict(model, state, source=where, verbose=verbose)
     return model
+
+
+def load_backbone_weights(
+    model: nn.Module,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_format: str | None = None,
+    verbose: bool = True,
+) -> LoadReport:
+    """Load backbone weights into an existing zoo model, in place: what ``pretrained=True``
+    (or ``checkpoint_path=``) does in :func:`create_model`, for a model already built.
+
+    Without ``checkpoint_path`` the published weights of the model's pretrained tag are
+    downloaded from the Hub (``model.pretrained_cfg["tag"]``); with it, a local file in its
+    original layout loads (``checkpoint_format`` overrides the detected one). A model with
+    LoRA adapters gets the weights in its frozen base layers; the adapters, neck and head
+    keep their values. Every load is checked and reported as in :func:`create_model`.
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, ViTBackbone):
+        raise TypeError(
+            f"load_backbone_weights loads ViT backbone weights into a zoo model, got "
+            f"{type(backbone).__name__ if backbone is not None else type(model).__name__}; for segformer_mit_* "
+            "models use segzoo.models.load_transformers_segformer, or create_model(name, pretrained=True)"
+        )
+    if checkpoint_path is None:
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        spec_name = cfg.get("backbone") or (backbone.spec.name if backbone.spec is not None else None)
+        if spec_name is None:
+            raise ValueError("this model's backbone is no registered backbone, so it has no published weights: "
+                             "pass checkpoint_path=... (a local file)")
+        spec = get_backbone_spec(spec_name)
+        source = published_weights_source(spec, cfg.get("tag"))
+        checkpoint_path = download_backbone_weights(spec, source)
+        checkpoint_format = checkpoint_format or source.checkpoint_format
+    return load_backbone_checkpoint(backbone, os.fspath(checkpoint_path), checkpoint_format=checkpoint_format,
+                                    verbose=verbose)
 
 
 def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:

@@ -65,17 +65,23 @@ class LoadReport:
     source: str
     checkpoint_format: str
     loaded: list[str] = field(default_factory=list)
+    # model weights the file lacks: refused, except where a loader allows some to stay as
+    # initialised (the decode head under an encoder-only MiT file, see load_transformers_segformer)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)  # pruned from the backbone on purpose
-    dropped: list[str] = field(default_factory=list)  # pre-training only (decoders, heads, mask tokens)
+    # left out on purpose: pre-training only (decoders, heads, mask tokens, an ImageNet classifier)
+    # or a fine-tuned classifier the caller chose not to load
+    dropped: list[str] = field(default_factory=list)
     adapted: list[str] = field(default_factory=list)  # patch embedding adapted to in_chans
 
     def __str__(self) -> str:
+        # a printed report is an accepted load, so any missing weight was left as initialised on purpose
+        missing = f"{len(self.missing)} missing" + (" (left as initialised)" if self.missing else "")
         line = (
             f"segzoo: loaded {self.source} ({self.checkpoint_format}): {len(self.loaded)} tensors loaded, "
-            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{missing}, {len(self.unexpected)} unexpected, "
             f"{len(self.unused)} unused by segmentation, {len(self.dropped)} pre-training only dropped"
         )
         if self.adapted:
@@ -171,7 +177,7 @@ def load_backbone_checkpoint(
     state, dropped = _to_timm_layout(raw, fmt, model, source)
     report = LoadReport(source=source, checkpoint_format=fmt, dropped=dropped)
     state = _adapt_input_channels(state, model, report)
-    expected = model.state_dict()
+    expected, names = _base_state_dict(model)
     pruned_depth = len(model.blocks)
     source_depth = int(getattr(backbone, "source_depth", pruned_depth))
     for key in list(state):
@@ -185,7 +191,9 @@ def load_backbone_checkpoint(
         for k in state if k in expected and state[k].shape != expected[k].shape
     ]
     _raise_on_problems(report, hint=_size_hint(backbone))
-    model.load_state_dict(state, strict=True)
+    result = model.load_state_dict({names[k]: v for k, v in state.items()}, strict=False)
+    left = [k for k in result.missing_keys if not _is_lora_adapter_key(k)] + list(result.unexpected_keys)
+    assert not left, f"keys checked above did not load: {left}"  # a bug here, never a user error
     report.loaded = sorted(state)
     if verbose:
         print(report)
@@ -215,6 +223,25 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _base_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The model's state dict as without LoRA, and each of its keys' name in the model.
+
+    peft's LoRA layers keep the original weight as ``<layer>.base_layer.weight`` next to
+    ``lora_A``/``lora_B``: published weights load into the base layers, adapters keep their values.
+    """
+    state, names = {}, {}
+    for name, tensor in model.state_dict().items():
+        if _is_lora_adapter_key(name):
+            continue
+        plain = name.replace(".base_layer.", ".")
+        state[plain], names[plain] = tensor, name
+    return state, names
+
+
+def _is_lora_adapter_key(name: str) -> bool:
+    return ".lora_" in name
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -215,6 +215,34 @@ def test_unavailable_pretrained_weights_fail_with_the_fix(nn_env, monkeypatch):
     assert resumed.current_epoch == 3
 
 
+def test_checkpoint_path_loads_into_the_trainers_own_model(nn_env, monkeypatch, tmp_path):
+    """model.checkpoint_path: the backbone file loads into the network the trainer built (LoRA'd or
+    not), checked and reported, with no second model built to copy from."""
+    from safetensors.torch import save_file
+
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+    from tests.checkpoint_layouts import source_vit
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    _ensure_planned(nn_env)
+    source = source_vit("dinov3_small")
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "backbone.safetensors"))
+    plans = _plans(nn_env, RGB_ID)
+    plans["configurations"][CONFIG_NAME]["segzoo"]["model"]["checkpoint_path"] = str(tmp_path / "backbone.safetensors")
+    built, create_model = [], segzoo.create_model
+    monkeypatch.setattr(segzoo, "create_model", lambda *a, **k: built.append(a) or create_model(*a, **k))
+    trainer = nnUNetTrainerSegZoo(dict(plans, continue_training=False), CONFIG_NAME, 4, _dataset_json(nn_env, RGB_ID),
+                                  device=torch.device("cpu"))
+    trainer.initialize()
+    assert len(built) == 1  # the network itself; the weights went into it
+    weights = trainer.network.model.backbone.model.state_dict()
+    for key, value in source.state_dict().items():
+        if key in weights:
+            torch.testing.assert_close(weights[key], value, rtol=0, atol=0, msg=key)
+    assert "Loaded pretrained backbone weights" in _latest_log(Path(trainer.output_folder))
+
+
 def test_checkpoints_hold_every_key_nnunets_own_code_reads(nn_env, monkeypatch):
     """The bridge writes checkpoints itself; nnU-Net's own load_checkpoint must still read them."""
     import inspect

@@ -7,7 +7,8 @@ from typing import Any, Union
 
 import torch
 
-from ..network import create_zoo_model
+import segzoo
+
 from .checkpoints import ZooCheckpoints, strip_module_prefix
 
 __all__ = ["PRETRAINED_WEIGHTS_ENV", "ZooInitialWeights"]
@@ -48,23 +49,17 @@ class ZooInitialWeights(ZooCheckpoints):
         if not (model_cfg.pretrained or model_cfg.checkpoint_path):
             self.print_to_log_file("Training from random initialisation (model.pretrained is false)")
             return
-        extra: dict[str, Any] = {"pretrained": bool(model_cfg.pretrained and not model_cfg.checkpoint_path)}
-        if model_cfg.checkpoint_path:
-            extra["checkpoint_path"] = str(model_cfg.checkpoint_path)
         arch = self.segzoo_arch
-        try:
-            reference = create_zoo_model(arch["model_name"], self.num_input_channels,
-                                         self.label_manager.num_segmentation_heads,
-                                         arch["model_kwargs"], arch["lora"], **extra)
+        where = f"checkpoint_path={model_cfg.checkpoint_path}" if model_cfg.checkpoint_path else "from the Hub"
+        try:  # into the model as built (LoRA included): no second model just to copy its weights
+            segzoo.load_backbone_weights(self._bare_network().model, checkpoint_path=model_cfg.checkpoint_path or None)
         except Exception as err:
             raise RuntimeError(
-                f"could not load the pretrained weights of {arch['model_name']} "
-                f"({'checkpoint_path=' + str(model_cfg.checkpoint_path) if model_cfg.checkpoint_path else 'from the Hub'}): "
+                f"could not load the pretrained weights of {arch['model_name']} ({where}): "
                 f"{type(err).__name__}: {err}. Set model.pretrained: false to train from scratch, or "
                 "model.checkpoint_path to a local file"
             ) from err
-        self._bare_network().model.load_state_dict(reference.state_dict())
-        self.print_to_log_file(f"Loaded pretrained backbone weights of {arch['model_name']}")
+        self.print_to_log_file(f"Loaded pretrained backbone weights of {arch['model_name']} ({where})")
 
     def _load_run_weights(self, path: str) -> None:
         """``-pretrained_weights``: all weights of another run of the same zoo model; head layers

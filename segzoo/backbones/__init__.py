@@ -1,7 +1,7 @@
 """ViT foundation backbones over timm models, one spec per family."""
 
 from .specs import BACKBONES, BackboneSpec, WeightsSource, default_feature_indices, get_backbone_spec
-from .vit import ViTBackbone, create_vit_backbone
+from .vit import ViTBackbone, create_vit_backbone, published_weights_source
 
 __all__ = [
     "BACKBONES",
@@ -11,4 +11,5 @@ __all__ = [
     "create_vit_backbone",
     "default_feature_indices",
     "get_backbone_spec",
+    "published_weights_source",
 ]

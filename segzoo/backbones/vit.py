@@ -13,7 +13,7 @@ from .._hub import download_backbone_weights
 from .._weights import load_backbone_checkpoint
 from .specs import BackboneSpec, WeightsSource, default_feature_indices
 
-__all__ = ["ViTBackbone", "create_vit_backbone"]
+__all__ = ["ViTBackbone", "create_vit_backbone", "published_weights_source"]
 
 
 class ViTBackbone(nn.Module):
@@ -107,7 +107,7 @@ def create_vit_backbone(
     indices = list(feature_indices) if feature_indices is not None else (
         spec.feature_indices if depth == spec.depth else default_feature_indices(depth)
     )
-    source = _weights_source(spec, pretrained_tag) if pretrained else None
+    source = published_weights_source(spec, pretrained_tag) if pretrained else None
     if img_size is not None:
         kwargs["img_size"] = tuple(img_size)
     try:
@@ -136,7 +136,8 @@ def create_vit_backbone(
     return backbone
 
 
-def _weights_source(spec: BackboneSpec, tag: str | None) -> WeightsSource:
+def published_weights_source(spec: BackboneSpec, tag: str | None = None) -> WeightsSource:
+    """The published weights of ``spec`` called ``tag`` (default: its first), if they can be downloaded."""
     source = next((w for w in spec.weights if w.tag == tag), None) if tag else (spec.weights[0] if spec.weights else None)
     if source is None:
         raise ValueError(f"{spec.name} has no published weights registered{f' for tag {tag!r}' if tag else ''}")
