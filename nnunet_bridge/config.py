@@ -5,10 +5,11 @@ configuration stored in the dataset's plans by ``segzoo-nnunet plan`` and then w
 user's YAML. Unknown keys are an error naming the key, so a typo never silently trains
 with a default.
 
-Field names and meanings keep the compatibility names (``model.backbone``, ``backbone_size``,
-``decoder_hidden_size``, ``checkpoint_path``; ``lora.enabled``, ``r``, ``lora_alpha``,
-``target_modules``, ``lora_dropout``; ``train.initial_lr``, ``weight_decay``,
-``gradient_clip``). Training defaults follow nnU-Net's own transformer trainer (Primus:
+Field names keep the compatibility names (``model.backbone``, ``backbone_size``,
+``decoder_hidden_size``, ``checkpoint_path``; ``lora.enabled``, ``r``, ``target_modules``;
+``train.initial_lr``, ``weight_decay``, ``gradient_clip``). LoRA's scale and dropout are
+``lora.alpha`` / ``lora.dropout``, as in ``create_model(..., lora=dict(r=, alpha=, dropout=))``;
+the compatibility spellings ``lora.lora_alpha`` / ``lora.lora_dropout`` are read as aliases. Training defaults follow nnU-Net's own transformer trainer (Primus:
 AdamW, weight decay 5e-2, betas 0.9/0.98, clip 1.0, linear warm-up then poly decay)
 instead of the U-Net-style values of the fork segzoo replaces (lr 1e-3, wd 3e-5, clip 12), because
 those were tuned for SGD on convolutional nets and destabilise pretrained ViTs. The
@@ -40,6 +41,8 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "default.yaml"
 LR_PRETRAINED = 1e-4  # fine-tuning a pretrained ViT
 LR_FROM_SCRATCH = 3e-4  # nnU-Net's Primus trainer
+# compatibility spellings read as the zoo's names: section -> {alias: field}
+ALIASES = {"lora": {"lora_alpha": "alpha", "lora_dropout": "dropout"}}
 
 
 def _field(default: Any = MISSING, help: str = "", factory: Any = MISSING) -> Any:
@@ -77,10 +80,10 @@ class LoraSection:
 
     enabled: bool = _field(True, "wrap the backbone with LoRA adapters and freeze its base weights")
     r: int = _field(8, "adapter rank")
-    lora_alpha: int = _field(16, "LoRA scale numerator (updates are scaled by lora_alpha / r)")
+    alpha: float = _field(16.0, "LoRA scale numerator (updates are scaled by alpha / r); alias lora_alpha")
     target_modules: List[str] = _field(help="linear layers inside each ViT block to adapt (qkv, proj, fc1, fc2)",
                                        factory=lambda: ["qkv"])
-    lora_dropout: float = _field(0.05, "dropout on the adapter input")
+    dropout: float = _field(0.05, "dropout on the adapter input; alias lora_dropout")
 
 
 @dataclass
@@ -134,6 +137,7 @@ def load_config(*sources: Source) -> DictConfig:
         if source is None:
             continue
         where, values = _read(source)
+        _resolve_aliases(values, where)
         try:
             config = OmegaConf.merge(config, values)
         except (ConfigKeyError, ValidationError) as err:
@@ -179,6 +183,21 @@ def _read(source: Source) -> tuple[str, DictConfig]:
     if isinstance(source, dict):
         return "configuration", OmegaConf.create(source)
     raise TypeError(f"configuration source must be a YAML path or a dict, got {type(source).__name__}")
+
+
+def _resolve_aliases(values: DictConfig, where: str) -> None:
+    """Rename compatibility keys to the zoo's in place; both spellings at once is an error."""
+    for section, aliases in ALIASES.items():
+        part = values.get(section)
+        if not isinstance(part, DictConfig):
+            continue
+        for alias, name in aliases.items():
+            if alias not in part:
+                continue
+            if name in part:
+                raise ConfigError(f"{where}: {section}.{alias} and {section}.{name} are the same setting; keep "
+                                  f"{section}.{name} only")
+            part[name] = part.pop(alias)
 
 
 def _fill_name_parts(config: DictConfig) -> None:

@@ -121,8 +121,8 @@ def arch_kwargs_from_config(config: Any, input_normalization: str) -> dict[str, 
     if config.lora.enabled:
         lora = dict(
             r=int(config.lora.r),
-            alpha=float(config.lora.lora_alpha),
-            dropout=float(config.lora.lora_dropout),
+            alpha=float(config.lora.alpha),
+            dropout=float(config.lora.dropout),
             target_modules=[str(m) for m in config.lora.target_modules],
         )
     return dict(model_name=name, model_kwargs=model_kwargs, lora=lora, input_normalization=input_normalization)

@@ -31,8 +31,8 @@ def test_defaults_keep_the_compatibility_names_and_primus_values():
     config = load_config()
     assert zoo_model_name(config) == "segformer_dinov3_large"
     assert config.model.decoder_hidden_size is None and config.model.checkpoint_path == ""
-    assert config.lora.enabled and config.lora.r == 8 and config.lora.lora_alpha == 16
-    assert list(config.lora.target_modules) == ["qkv"] and config.lora.lora_dropout == 0.05
+    assert config.lora.enabled and config.lora.r == 8 and config.lora.alpha == 16
+    assert list(config.lora.target_modules) == ["qkv"] and config.lora.dropout == 0.05
     assert config.train.weight_decay == 5e-2 and config.train.gradient_clip == 1.0
     assert list(config.train.betas) == [0.9, 0.98]
     assert resolved_initial_lr(config) == 1e-4
@@ -287,3 +287,16 @@ def test_other_trainers_go_through_nnunets_search_retried_after_a_sys_modules_ra
 
     with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer nnUNetTrainerTypo"):
         find_trainer_class("nnUNetTrainerTypo", missing)
+
+
+def test_lora_compatibility_spellings_are_aliases_and_both_at_once_is_an_error(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("lora:\n  lora_alpha: 32\n  lora_dropout: 0.1\n")
+    config = load_config(old)
+    assert config.lora.alpha == 32 and config.lora.dropout == 0.1
+    assert arch_kwargs_from_config(config, "none")["lora"] == dict(r=8, alpha=32.0, dropout=0.1,
+                                                                   target_modules=["qkv"])
+    both = tmp_path / "both.yaml"
+    both.write_text("lora:\n  alpha: 8\n  lora_alpha: 32\n")
+    with pytest.raises(ConfigError, match=r"lora\.lora_alpha and lora\.alpha are the same setting"):
+        load_config(both)
