@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -23,39 +23,26 @@ from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 from .._hub import hub_download
 from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
 from .._validation import positive_int
-from .._weights import read_checkpoint
+from .._weights import CheckpointError, LoadReport, _names, _raise_on_problems, detect_checkpoint_format, read_checkpoint
 from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
 from ..necks import IdentityNeck
 from ._builder import adapt_normalization
 from .segmenter import Segmenter
 
-__all__ = ["SegformerLoadReport", "load_transformers_segformer"]  # register_model appends the factory names
+__all__ = ["load_transformers_segformer"]  # register_model appends the factory names
 
 CHECKPOINT_FORMAT = "transformers_segformer"
 _LICENSE = "other: NVIDIA Source Code License for SegFormer (non-commercial), https://github.com/NVlabs/SegFormer"
 _SOURCE = "SegFormer (Xie et al., NeurIPS 2021; https://github.com/NVlabs/SegFormer), transformers ports by NVIDIA"
-
-
-@dataclass
-class SegformerLoadReport:
-    """What :func:`load_transformers_segformer` did: zoo keys loaded, zoo keys left as
-    initialised (e.g. the decode head of an encoder-only checkpoint) and checkpoint keys
-    dropped (e.g. an ImageNet classifier)."""
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        missing, ignored = self.missing or "none", self.ignored or "none"
-        return f"loaded {len(self.loaded)} tensors; missing: {missing}; ignored: {ignored}"
+_WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")  # what transformers' save_pretrained writes
 
 
 def load_transformers_segformer(
     model: Segmenter,
     checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
     include_classifier: bool = True,
-) -> SegformerLoadReport:
+    verbose: bool = True,
+) -> LoadReport:
     """Load a transformers SegFormer checkpoint into a ``segformer_mit_*`` model.
 
     Args:
@@ -64,50 +51,90 @@ def load_transformers_segformer(
             holding one (a transformers ``save_pretrained`` folder), or a state dict.
             Accepts ``SegformerForSemanticSegmentation`` (encoder + decode head),
             ``SegformerForImageClassification`` (encoder; its ImageNet classifier is
-            ignored) and bare ``SegformerModel`` files, in transformers' saved layout or
+            dropped) and bare ``SegformerModel`` files, in transformers' saved layout or
             in the module layout of transformers >= 5.
         include_classifier: ``False`` keeps the model's own final 1x1 classifier (to
             fine-tune a fine-tuned model on other classes).
+        verbose: print the one-line :class:`~segzoo.LoadReport`.
 
-    An encoder-only checkpoint leaves the decode head as initialised (reported as
-    missing); anything else missing, unexpected or of the wrong shape raises.
+    Returns:
+        The :class:`~segzoo.LoadReport`: ``missing`` lists the weights left as
+        initialised (the decode head of an encoder-only checkpoint, or the classifier
+        with ``include_classifier=False``), ``dropped`` the checkpoint keys left out
+        (an ImageNet classifier, or the checkpoint's classifier).
+
+    Raises:
+        CheckpointError: naming keys, when any other weight is missing, has the wrong
+            shape, or the file has weights the model has no place for (nothing is
+            loaded then); or when the file is unreadable or a whole segzoo model.
     """
     if not isinstance(getattr(model, "backbone", None), MiTBackbone):
         raise TypeError(f"expected a segformer_mit_* model, got {type(model).__name__}; build it with "
                         "segzoo.create_model('segformer_mit_b0', ...)")
-    state = _read_state_dict(checkpoint)
+    state, source = _read_transformers_checkpoint(checkpoint)
+    report = _load_state(model, state, source, include_classifier)
+    if verbose:
+        print(report)
+    return report
+
+
+def _load_state(model: Segmenter, state: Mapping[str, torch.Tensor], source: str,
+                include_classifier: bool) -> LoadReport:
+    """Map ``state`` onto the model, check it as the ViT loader does, then load it strictly."""
     target = model.state_dict()
-    report, loaded, unexpected, wrong_shape = SegformerLoadReport(), {}, [], []
+    report = LoadReport(source=source, checkpoint_format=CHECKPOINT_FORMAT)
+    loaded: dict[str, torch.Tensor] = {}
+    in_file: set[str] = set()  # zoo keys the file has, loaded or not
+    wrong_shape: set[str] = set()  # reported as mismatched, not again as missing
     for key, value in state.items():
         zoo_key = _zoo_key(key, target)
         if zoo_key is None:
-            (report.ignored if key.startswith("classifier.") else unexpected).append(key)
+            # SegformerForImageClassification's ImageNet head has no place in a segmenter
+            (report.dropped if key.startswith("classifier.") else report.unexpected).append(key)
             continue
+        in_file.add(zoo_key)
         if zoo_key.startswith("decode_head.classifier.") and not include_classifier:
-            report.ignored.append(key)
+            report.dropped.append(key)
             continue
         expected = target[zoo_key].shape
         is_rgb_patch_filter = value.ndim == 4 and value.shape[1] == 3 and value.shape[0] == expected[0]
         if is_rgb_patch_filter and expected[1] == model.in_chans != 3:
             value = adapt_input_conv(expected[1], value)  # in_chans != 3: timm's RGB-filter adaptation
+            report.adapted.append(f"{key} 3 -> {expected[1]} channels")
         if value.shape != expected:
-            wrong_shape.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected)}")
+            report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected)}")
+            wrong_shape.add(zoo_key)
             continue
         loaded[zoo_key] = value
-    _raise_on_mismatch(model, unexpected, wrong_shape)
-    has_head = any(k.startswith("decode_head.") for k in loaded)
-    missing = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
-    allowed = [k for k in missing if k.startswith("decode_head.") and
-               (not has_head or (not include_classifier and k.startswith("decode_head.classifier.")))]
-    if len(allowed) != len(missing):
-        absent = [k for k in missing if k not in allowed]
-        raise ValueError(
-            f"checkpoint lacks {len(absent)} weights of {model.model_name or 'this model'} (e.g. {absent[:3]}); "
-            "is it a different MiT size? Build the model whose size matches the checkpoint."
-        )
-    model.load_state_dict(loaded, strict=False)
-    report.loaded, report.missing = sorted(loaded), missing
+    has_head = any(k.startswith("decode_head.") for k in in_file)
+    absent = [k for k in target if k not in loaded and k not in wrong_shape]
+    fresh = [k for k in absent if _may_stay_initialised(k, has_head, include_classifier)]
+    report.missing = [k for k in absent if k not in fresh]
+    _raise_on_problems(report, hint=_fit_hint(model, report))
+    # every key accounted for: the ones left as initialised keep the model's own values
+    model.load_state_dict({**{k: target[k] for k in fresh}, **loaded}, strict=True)
+    report.loaded = sorted(loaded)
+    report.missing = [k for k in fresh if not k.endswith("num_batches_tracked")]  # a counter, not a weight
     return report
+
+
+def _may_stay_initialised(key: str, has_head: bool, include_classifier: bool) -> bool:
+    """The decode head under an encoder-only file, the classifier when not included, and
+    BatchNorm counters (files saved by older torch lack them)."""
+    if key.endswith("num_batches_tracked"):
+        return True
+    if not key.startswith("decode_head."):
+        return False
+    return not has_head or (not include_classifier and key.startswith("decode_head.classifier."))
+
+
+def _fit_hint(model: Segmenter, report: LoadReport) -> str:
+    hint = ("Check the MiT size: build the segformer_mit_b* model whose size matches the checkpoint "
+            f"(this one is {model.model_name or 'not a registered size'})")
+    if any(m.startswith("decode_head.classifier.") for m in report.mismatched):
+        hint = ("For another number of classes, build the model with the checkpoint's num_classes or load with "
+                f"include_classifier=False. {hint}")
+    return hint
 
 
 # -- pretrained variants (data) --------------------------------------------------------
@@ -168,7 +195,9 @@ def _create_segformer_mit(
     if neck != "none":
         raise ValueError(f"{variant} has a hierarchical encoder (strides 4-32) and takes no neck; got neck={neck!r}")
     if pretrained and checkpoint_path is not None:
-        raise ValueError("pass either pretrained=True (download the tag's weights) or checkpoint_path=..., not both")
+        raise ValueError(
+            "pass either pretrained=True (download the tag's weights) or checkpoint_path=... (a local file), not both"
+        )
     if checkpoint_format not in (None, CHECKPOINT_FORMAT):
         raise ValueError(f"{variant} loads transformers SegFormer checkpoints only; got checkpoint_format={checkpoint_format!r}")
     config = mit_segformer_config(size, num_classes, in_chans, drop_path_rate, decoder_hidden_size, dropout,
@@ -178,17 +207,14 @@ def _create_segformer_mit(
     model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
                       pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
     if pretrained:
-
         checkpoint_path = hub_download(tag_cfg.hf_hub_id, tag_cfg.hf_hub_filename, what=f"{variant}.{tag_cfg.tag} weights")
     if checkpoint_path is not None:
-        state = _read_state_dict(checkpoint_path)
+        state, source = _read_transformers_checkpoint(checkpoint_path)
         # a fine-tuned file for other classes: keep everything but the final 1x1 classifier
         classifier = next((v for k, v in state.items() if k.endswith("decode_head.classifier.weight")), None)
         include_classifier = classifier is None or classifier.shape[0] == num_classes
-        report = load_transformers_segformer(model, state, include_classifier=include_classifier)
-        fresh = "" if include_classifier else f"; classifier re-initialised for {num_classes} classes"
-        print(f"segzoo: loaded {os.fspath(checkpoint_path)} (transformers SegFormer): {len(report.loaded)} tensors "
-              f"loaded, {len(report.missing)} left as initialised, {len(report.ignored)} ignored{fresh}")
+        report = _load_state(model, state, source, include_classifier)
+        print(report if include_classifier else f"{report}; classifier re-initialised for {num_classes} classes")
     if freeze_backbone:
         model.freeze_backbone()
     if grad_checkpointing:
@@ -236,31 +262,35 @@ def _zoo_key(key: str, target: Mapping[str, Any]) -> str | None:
     return next((k for k in (key, renamed) if k in target), None)
 
 
-def _read_state_dict(checkpoint: str | os.PathLike | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+def _read_transformers_checkpoint(
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict of a file, a transformers ``save_pretrained`` folder or a dict, and
+    its name for reports; refuses what is no transformers SegFormer state dict."""
     if isinstance(checkpoint, Mapping):
-        return checkpoint
-    path = os.fspath(checkpoint)
-    if os.path.isdir(path):
-        names = [n for n in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(path, n))]
-        if not names:
-            raise FileNotFoundError(f"{path} holds neither model.safetensors nor pytorch_model.bin")
-        path = os.path.join(path, names[0])
-    return read_checkpoint(path)  # weights_only pickles; corrupt or unsafe files fail naming the file
-
-
-def _raise_on_mismatch(model: Segmenter, unexpected: list[str], wrong_shape: list[str]) -> None:
-    if unexpected:
-        raise ValueError(
-            f"checkpoint has {len(unexpected)} keys that are not SegFormer weights (e.g. {unexpected[:3]}); "
-            "is it a transformers SegFormer checkpoint?"
+        state, source = dict(checkpoint), "<state dict>"
+    else:
+        path = Path(checkpoint).expanduser()
+        if path.is_dir():
+            path = next((path / n for n in _WEIGHTS_NAMES if (path / n).is_file()), path)
+            if path.is_dir():
+                raise FileNotFoundError(
+                    f"{str(path)!r} holds neither {' nor '.join(_WEIGHTS_NAMES)}: pass the weights file itself, "
+                    "or the folder transformers' save_pretrained wrote"
+                )
+        state, source = read_checkpoint(path), str(path)  # corrupt or code-running files fail naming the file
+    if detect_checkpoint_format(state) == "segzoo":
+        raise CheckpointError(
+            f"{source} is a whole segzoo model (segzoo.save_pretrained), not a transformers SegFormer checkpoint: "
+            "load it with segzoo.create_model('<folder with config.json>') instead"
         )
-    if wrong_shape:
-        hint = ""
-        if any("classifier" in w for w in wrong_shape):
-            hint = (" For another number of classes, build the model with the checkpoint's num_classes or load with "
-                    "include_classifier=False.")
-        raise ValueError(f"checkpoint shapes differ from {model.model_name or 'the model'}: {wrong_shape[:3]}.{hint} "
-                         "Otherwise check the MiT size.")
+    non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if non_tensors:
+        raise CheckpointError(
+            f"{source} does not look like transformers SegFormer weights: entries {_names(non_tensors)} are not "
+            "tensors; pass the state dict itself (e.g. checkpoint['state_dict'])"
+        )
+    return state, source
 
 
 # -- registered models -----------------------------------------------------------------
