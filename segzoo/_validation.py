@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import operator
-from typing import Any
+from typing import Any, Callable, Iterable
 
-__all__ = ["positive_int"]
+__all__ = ["accepted_keywords", "positive_int", "reject_unknown_keywords"]
+
+# create_model's own keywords, accepted by every registered model
+CREATE_MODEL_KEYWORDS = ("pretrained", "num_classes", "in_chans", "checkpoint_path", "checkpoint_format", "lora")
 
 
 def positive_int(name: str, value: Any, meaning: str = "") -> int:
@@ -24,3 +29,29 @@ def positive_int(name: str, value: Any, meaning: str = "") -> int:
     if number is None or number < 1:
         raise ValueError(f"{name} must be an integer >= 1{hint}, got {value!r}")
     return number
+
+
+def accepted_keywords(*functions: Callable[..., Any], skip: Iterable[str] = ()) -> list[str]:
+    """The keyword parameters of ``functions`` (positional-only and ``**kwargs`` excluded)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    skipped = set(skip)
+    names = [p.name for f in functions for p in inspect.signature(f).parameters.values()
+             if p.kind in kinds and p.name not in skipped]
+    return list(dict.fromkeys(names))
+
+
+def reject_unknown_keywords(model_name: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Raise a ``TypeError`` naming every keyword of ``given`` not in ``accepted``, the closest
+    accepted one for each, and the full list, before any work is done."""
+    accepted = sorted(set(accepted) | set(CREATE_MODEL_KEYWORDS))
+    unknown = [k for k in given if k not in accepted]
+    if not unknown:
+        return
+    guesses = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+        guesses.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise TypeError(
+        f"create_model({model_name!r}) got unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(guesses)}; {model_name} accepts: {', '.join(accepted)}"
+    )

@@ -101,3 +101,26 @@ def test_integer_like_counts_are_accepted_and_floats_are_named(tiny):
     assert (model.num_classes, model.in_chans) == (3, 1)
     with pytest.raises(ValueError, match=r"num_classes must be an integer >= 1 .*got 2\.0"):
         segzoo.create_model("segformer_dinov3_small", num_classes=2.0, **tiny)
+
+
+@pytest.mark.parametrize("name, typo, meant", [
+    ("segformer_dinov3_base", "freeze_backbon", "freeze_backbone"),
+    ("segformer_dinov3_base", "num_class", "num_classes"),
+    ("upernet_dinov3_base", "pool_scale", "pool_scales"),
+    ("mask2former_dinov3_base", "num_querie", "num_queries"),
+])
+def test_an_unknown_keyword_is_named_with_the_closest_before_anything_is_built(tiny, monkeypatch, name, typo, meant):
+    import segzoo.models._builder as builder
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the backbone was built before the keywords were checked")
+
+    monkeypatch.setattr(builder, "create_vit_backbone", must_not_build)
+    with pytest.raises(TypeError, match=rf"create_model\('{name}'\) got unknown keyword argument '{typo}' "
+                                        rf"\(did you mean '{meant}'\?\); {name} accepts: .*\b{meant}\b"):
+        segzoo.create_model(name, pretrained=True, **{typo: 1}, **tiny)  # no download is attempted either
+
+
+def test_a_keyword_of_another_head_is_named_without_a_guess(tiny):
+    with pytest.raises(TypeError, match=r"unknown keyword argument 'num_queries'; segformer_dinov3_base accepts: "):
+        segzoo.create_model("segformer_dinov3_base", num_classes=2, num_queries=10, **tiny)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from .._registry import PretrainedCfg, get_pretrained_cfg
-from .._validation import positive_int
+from .._validation import accepted_keywords, positive_int, reject_unknown_keywords
 from ..backbones import BackboneSpec, create_vit_backbone, get_backbone_spec
 from ..necks import create_neck
 from .segmenter import Segmenter
@@ -19,6 +19,8 @@ from .segmenter import Segmenter
 __all__ = ["adapt_normalization", "build_segmenter", "pretrained_cfgs_for"]
 
 HeadFactory = Callable[..., nn.Module]  # (in_channels, num_classes, **head_kwargs) -> module
+# build_segmenter's parameters that model files pass, never users
+_INTERNAL = ("variant", "backbone", "head_factory", "segmenter_cls", "in_channels", "pretrained_tag")
 
 
 def build_segmenter(
@@ -52,6 +54,8 @@ def build_segmenter(
     the decoder's model file (e.g. a mask-classification head needs
     :class:`~segzoo.models.MaskClassificationSegmenter`), never by users.
     """
+    # typos are named before anything is built or downloaded (a head kwarg would fail only after the backbone)
+    reject_unknown_keywords(variant, head_kwargs, accepted_keywords(build_segmenter, head_factory, skip=_INTERNAL))
     num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
     in_chans = positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
     spec = get_backbone_spec(backbone)
