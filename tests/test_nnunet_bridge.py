@@ -160,10 +160,26 @@ def test_plan_snaps_patch_to_the_backbone_patch_and_sets_batch(tmp_path, monkeyp
     assert name == "2d_segformer_dinov2_small"
     conf = json.loads(path.read_text())["configurations"][name]
     assert conf["patch_size"] == [98, 84]  # multiples of 14
-    assert 2 <= conf["batch_size"] <= 12
     assert conf["architecture"]["arch_kwargs"]["input_normalization"] == "none"  # z-scored channels
     assert conf["architecture"]["arch_kwargs"]["lora"] == {"r": 8, "alpha": 16.0, "dropout": 0.05,
                                                           "target_modules": ["qkv"]}
+
+    # The batch is scaled from the documented reference: a ViT-L trains 8 images of 1024 tokens
+    # (512x512 at patch 16) on a 24 GiB card; a ViT-S (the size in the model name) takes 4x as
+    # many tokens. It never exceeds nnU-Net's own 2d batch (12 here) and never drops below 2.
+    def batch_size(model: dict, patch_size: list[int]) -> int:
+        config = load_config({"model": model, "train": {"patch_size": patch_size}})
+        planned_name = plan(123, config, verbose=False)
+        planned = json.loads(path.read_text())["configurations"][planned_name]
+        assert planned["patch_size"] == patch_size  # already multiples of 14: the tokens below are exact
+        return planned["batch_size"]
+
+    vit_l = {**TINY_MODEL, "name": "segformer_dinov2_large"}
+    assert batch_size(vit_l, [448, 448]) == 8  # 32 x 32 = 1024 tokens: the reference point itself
+    assert batch_size(vit_l, [448, 896]) == 4  # twice the tokens, half the batch
+    assert batch_size(TINY_MODEL, [784, 784]) == 10  # 56 x 56 = 3136 tokens: 4 * 8 * 1024 // 3136
+    assert conf["batch_size"] == 12  # 7 x 6 = 42 tokens would allow 780: capped at nnU-Net's 2d batch
+    assert batch_size(TINY_MODEL, [1960, 1960]) == 2  # 140 x 140 tokens would allow 1: raised to 2
 
 
 def test_plan_without_nnunet_plans_says_what_to_run(tmp_path, monkeypatch):
