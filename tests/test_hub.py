@@ -2,8 +2,9 @@
 huggingface_hub client against tests/hub_server.py (a local server that answers like the Hub).
 
 huggingface_hub reads HF_ENDPOINT / HF_HUB_OFFLINE when first imported (timm imports it too),
-so the client runs in a subprocess with those variables set. Each scenario runs once per
-module; the tests below assert one behaviour each on its recorded results.
+so the client steps (tests/hub_client_steps.py) run in a subprocess with those variables set.
+Each scenario runs once per module; the tests below assert one behaviour each on its
+recorded results.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,97 +20,14 @@ import torch
 from safetensors.torch import save_file
 
 from tests.checkpoint_layouts import mae_checkpoint, source_vit
-from tests.hub_server import APPROVED_TOKEN, LocalHub
+from tests.hub_client_steps import PUSHED_REPO
+from tests.hub_server import LocalHub
 from tests.tiny_models import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 DINOV3_REPO = "timm/vit_base_patch16_dinov3.lvd1689m"
 SAT_REPO = "timm/vit_large_patch16_dinov3.sat493m"
 RETFOUND_REPO = "YukunZhou/RETFound_mae_natureCFP"
-PUSHED_REPO = "me/tiny-fundus-segformer"
-
-# Each step records {"ok": ..., "error": type, "message": ..., + step facts}; runs in a fresh interpreter.
-CLIENT = textwrap.dedent(
-    """
-    import contextlib, io, json, os, sys, traceback
-    import torch
-    from safetensors.torch import load_file
-    import segzoo
-
-    tiny, ref_dir, steps = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
-    results = {}
-
-    def run(name, fn):
-        out = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(out):
-                facts = fn() or {}
-            results[name] = {"ok": True, "stdout": out.getvalue(), **facts}
-        except Exception as err:
-            results[name] = {"ok": False, "error": type(err).__name__, "message": str(err), "stdout": out.getvalue()}
-
-    def max_diff(model, ref_file):
-        ref = load_file(ref_file)
-        own = model.backbone.model.state_dict()
-        return max((own[k] - ref[k]).abs().max().item() for k in own)
-
-    def dinov3():
-        m = segzoo.create_model("segformer_dinov3_base", pretrained=True, num_classes=3, **tiny)
-        return {"max_diff": max_diff(m, os.path.join(ref_dir, "dinov3.safetensors"))}
-
-    def tagged():
-        m = segzoo.create_model("segformer_dinov3_large.sat493m", pretrained=True, num_classes=3, **tiny)
-        return {"max_diff": max_diff(m, os.path.join(ref_dir, "sat493m.safetensors")), "tag": m.pretrained_cfg["tag"]}
-
-    def retfound():
-        m = segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2, **tiny)
-        return {"max_diff": max_diff(m, os.path.join(ref_dir, "retfound.safetensors"))}
-
-    def push():
-        torch.manual_seed(0)
-        m = segzoo.create_model("segformer_dinov3_base", num_classes=3, neck="none", **tiny).eval()
-        info = segzoo.push_to_hub(m, "%(pushed)s", token="hf_writer")
-        torch.save(m.state_dict(), os.path.join(ref_dir, "pushed.pt"))
-        return {"commit": info.oid}
-
-    def reload_pushed():
-        m = segzoo.create_model("hf-hub:%(pushed)s").eval()
-        ref = torch.load(os.path.join(ref_dir, "pushed.pt"), weights_only=True)
-        x = torch.randn(1, 3, 40, 56)
-        want = segzoo.create_model("segformer_dinov3_base", num_classes=3, neck="none", **tiny).eval()
-        want.load_state_dict(ref)
-        with torch.no_grad():
-            return {"max_diff": (m(x) - want(x)).abs().max().item(), "kwargs": m.model_kwargs}
-
-    def with_token(token, fn):
-        def step():
-            os.environ["HF_TOKEN"] = token
-            try:
-                return fn()
-            finally:
-                del os.environ["HF_TOKEN"]
-        return step
-
-    STEPS = {
-        "download": dinov3,
-        "cache_hit": dinov3,
-        "tagged": tagged,
-        "missing": lambda: segzoo.create_model("segformer_dinov2_small", pretrained=True, num_classes=2, **tiny),
-        "gated_no_token": retfound,
-        "gated_no_access": with_token("hf_not_approved", retfound),
-        "gated_approved": with_token("%(approved)s", retfound),
-        "push": push,
-        "reload_pushed": reload_pushed,
-        "offline_cached": dinov3,
-        "offline_pushed": reload_pushed,
-        "offline_not_cached": lambda: segzoo.create_model("segformer_dinov2_small", pretrained=True, num_classes=2, **tiny),
-    }
-    for step in steps:
-        run(step, STEPS[step])
-    print("RESULTS=" + json.dumps(results))
-    """
-) % {"pushed": PUSHED_REPO, "approved": APPROVED_TOKEN}
-
 
 def _run_client(hub: LocalHub, hf_home: Path, ref_dir: Path, steps: list[str], offline: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
@@ -119,7 +36,7 @@ def _run_client(hub: LocalHub, hf_home: Path, ref_dir: Path, steps: list[str], o
         HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT),
     )
     proc = subprocess.run(
-        [sys.executable, "-c", CLIENT, json.dumps(TINY), str(ref_dir), ",".join(steps)],
+        [sys.executable, "-m", "tests.hub_client_steps", json.dumps(TINY), str(ref_dir), ",".join(steps)],
         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=300,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULTS=")]
