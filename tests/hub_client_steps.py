@@ -14,7 +14,8 @@ import io
 import json
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tests.hub_server import APPROVED_TOKEN
 
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> None:
             with contextlib.redirect_stdout(out):
                 facts = fn() or {}
             results[name] = {"ok": True, "stdout": out.getvalue(), **facts}
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - every failure is a recorded result
             results[name] = {"ok": False, "error": type(err).__name__, "message": str(err), "stdout": out.getvalue()}
 
     def max_diff(model, ref_file):
