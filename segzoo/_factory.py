@@ -21,6 +21,8 @@ from ._hub import (
     resolve_saved_file,
 )
 from .backbones import ViTBackbone, get_backbone_spec, published_weights_source
+from .backbones.mit import MiTBackbone
+from .models.segformer_mit import load_segformer_weights
 from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
 from ._weights import CheckpointError, LoadReport, load_backbone_checkpoint, load_state_dict_strict
 from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, apply_lora, load_lora_adapter, read_adapter_config
@@ -147,17 +149,17 @@ def load_backbone_weights(
 
     Without ``checkpoint_path`` the published weights of the model's pretrained tag are
     downloaded from the Hub (``model.pretrained_cfg["tag"]``); with it, a local file in its
-    original layout loads (``checkpoint_format`` overrides the detected one). A model with
+    original layout loads (``checkpoint_format`` overrides the detected one). For
+    ``segformer_mit_*`` models the file is a transformers SegFormer one, and a fine-tuned
+    tag's file also holds the decode head (its classifier loads when the class count matches). A model with
     LoRA adapters gets the weights in its frozen base layers; the adapters, neck and head
     keep their values. Every load is checked and reported as in :func:`create_model`.
     """
     backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, MiTBackbone):  # transformers SegFormer files; fine-tuned tags hold the head too
+        return load_segformer_weights(model, checkpoint_path, verbose=verbose)
     if not isinstance(backbone, ViTBackbone):
-        raise TypeError(
-            f"load_backbone_weights loads ViT backbone weights into a zoo model, got "
-            f"{type(backbone).__name__ if backbone is not None else type(model).__name__}; for segformer_mit_* "
-            "models use segzoo.models.load_transformers_segformer, or create_model(name, pretrained=True)"
-        )
+        raise TypeError(f"load_backbone_weights expects a zoo model (a Segmenter), got {type(model).__name__}")
     if checkpoint_path is None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         spec_name = cfg.get("backbone") or (backbone.spec.name if backbone.spec is not None else None)

@@ -124,3 +124,17 @@ def test_an_unknown_keyword_is_named_with_the_closest_before_anything_is_built(t
 def test_a_keyword_of_another_head_is_named_without_a_guess(tiny):
     with pytest.raises(TypeError, match=r"unknown keyword argument 'num_queries'; segformer_dinov3_base accepts: "):
         segzoo.create_model("segformer_dinov3_base", num_classes=2, num_queries=10, **tiny)
+
+
+def test_mit_names_an_unknown_keyword_and_an_unknown_encoder_field():
+    from tests.tiny_models import TINY_MIT
+
+    with pytest.raises(TypeError, match=r"unknown keyword argument 'freeze_backbon' \(did you mean 'freeze_backbone'"):
+        segzoo.create_model("segformer_mit_b0", num_classes=2, freeze_backbon=True, **TINY_MIT)
+    typo = dict(TINY_MIT, backbone_kwargs=dict(TINY_MIT["backbone_kwargs"], dephts=[1, 1, 1, 1]))
+    with pytest.raises(ValueError, match=r"backbone_kwargs\['dephts'\] is not a MiT encoder field \(did you mean "
+                                         r"'depths'\?\)"):
+        segzoo.create_model("segformer_mit_b0", num_classes=2, **typo)
+    own = dict(TINY_MIT, backbone_kwargs=dict(TINY_MIT["backbone_kwargs"], drop_path_rate=0.2))
+    with pytest.raises(ValueError, match=r"set by create_model's own keyword: pass drop_path_rate=\.\.\. instead"):
+        segzoo.create_model("segformer_mit_b0", num_classes=2, **own)

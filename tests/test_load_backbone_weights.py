@@ -89,7 +89,25 @@ def test_offline_without_a_cached_file_says_what_to_do(tiny, tmp_path, monkeypat
         segzoo.load_backbone_weights(model)  # the model's default tag, from the Hub
 
 
-def test_a_mit_model_is_pointed_to_its_own_loader():
-    model = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT)
-    with pytest.raises(TypeError, match="load_transformers_segformer"):
-        segzoo.load_backbone_weights(model, checkpoint_path="unused.safetensors")
+def test_a_mit_model_loads_a_transformers_segformer_file(tmp_path):
+    from transformers import SegformerForSemanticSegmentation
+
+    from segzoo.backbones.mit import mit_segformer_config
+
+    config = mit_segformer_config("b0", 2, backbone_kwargs=TINY_MIT["backbone_kwargs"],
+                                  decoder_hidden_size=TINY_MIT["decoder_hidden_size"])
+    source = SegformerForSemanticSegmentation(config).eval()
+    source.save_pretrained(tmp_path / "segformer")
+    model = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT).eval()
+    report = segzoo.load_backbone_weights(model, checkpoint_path=tmp_path / "segformer")
+    assert not report.missing and not report.unexpected
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = torch.nn.functional.interpolate(source(pixel_values=x).logits, size=(64, 64), mode="bilinear",
+                                               align_corners=False)
+        torch.testing.assert_close(model(x), want)
+
+
+def test_a_module_that_is_no_zoo_model_is_named():
+    with pytest.raises(TypeError, match="expects a zoo model"):
+        segzoo.load_backbone_weights(torch.nn.Linear(2, 2), checkpoint_path="unused.safetensors")

@@ -8,6 +8,8 @@ neck and no padding: the zoo's ``segformer_mit_*`` models feed transformers'
 
 from __future__ import annotations
 
+import difflib
+
 from typing import Any
 
 import torch
@@ -49,6 +51,7 @@ def mit_segformer_config(
     """
     if size not in MIT_CONFIGS:
         raise ValueError(f"Unknown MiT size {size!r}; choose one of {sorted(MIT_CONFIGS)}")
+    _check_encoder_fields(backbone_kwargs or {})
     fields: dict[str, Any] = dict(MIT_CONFIGS[size])
     fields.update(backbone_kwargs or {})
     if decoder_hidden_size is not None:
@@ -104,6 +107,30 @@ class MiTBackbone(nn.Module):
         if hasattr(type(self.model), "is_activation_checkpointing"):
             return bool(self.model.is_activation_checkpointing)
         return bool(self.model.is_gradient_checkpointing)
+
+
+# SegformerConfig's encoder fields: what backbone_kwargs may set (the config itself takes any key silently)
+MIT_ENCODER_FIELDS = (
+    "num_encoder_blocks", "depths", "sr_ratios", "hidden_sizes", "patch_sizes", "strides", "num_attention_heads",
+    "mlp_ratios", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+    "layer_norm_eps", "reshape_last_stage",
+)
+# SegformerConfig fields that create_model sets from its own keywords
+_SET_BY_CREATE_MODEL = {"num_channels": "in_chans", "num_labels": "num_classes", "drop_path_rate": "drop_path_rate",
+                        "decoder_hidden_size": "decoder_hidden_size", "classifier_dropout_prob": "dropout"}
+
+
+def _check_encoder_fields(backbone_kwargs: dict[str, Any]) -> None:
+    for key in backbone_kwargs:
+        if key in MIT_ENCODER_FIELDS:
+            continue
+        if key in _SET_BY_CREATE_MODEL:
+            raise ValueError(f"backbone_kwargs[{key!r}] is set by create_model's own keyword: pass "
+                             f"{_SET_BY_CREATE_MODEL[key]}=... instead")
+        close = difflib.get_close_matches(key, MIT_ENCODER_FIELDS, n=1, cutoff=0.6)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"backbone_kwargs[{key!r}] is not a MiT encoder field{guess}; MiT takes: "
+                         f"{', '.join(MIT_ENCODER_FIELDS)}")
 
 
 def create_mit_backbone(config: SegformerConfig) -> MiTBackbone:

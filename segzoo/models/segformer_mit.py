@@ -22,14 +22,14 @@ from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from .._hub import hub_download
 from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
-from .._validation import positive_int
+from .._validation import accepted_keywords, positive_int, reject_unknown_keywords
 from .._weights import CheckpointError, LoadReport, _names, _raise_on_problems, detect_checkpoint_format, read_checkpoint
 from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
 from ..necks import IdentityNeck
 from ._builder import adapt_normalization
 from .segmenter import Segmenter
 
-__all__ = ["load_transformers_segformer"]  # register_model appends the factory names
+__all__ = ["load_segformer_weights", "load_transformers_segformer"]  # register_model appends the factory names
 
 CHECKPOINT_FORMAT = "transformers_segformer"
 _LICENSE = "other: NVIDIA Source Code License for SegFormer (non-commercial), https://github.com/NVlabs/SegFormer"
@@ -179,6 +179,7 @@ def _create_segformer_mit(
     grad_checkpointing: bool = False,
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_format: str | None = None,
+    **unknown: Any,
 ) -> Segmenter:
     """Options: ``decoder_hidden_size`` (default 256 for b0/b1, 768 for b2-b5),
     ``dropout`` (0.1), ``drop_path_rate`` (0.1), ``backbone_kwargs`` (any
@@ -187,6 +188,8 @@ def _create_segformer_mit(
     ADE20K, 19 for Cityscapes). ``pretrained=True`` downloads the tag's transformers
     file from the Hub; ``checkpoint_path`` loads a local one (encoder-only or full); the
     final classifier loads only when ``num_classes`` matches the checkpoint's."""
+    reject_unknown_keywords(variant, unknown, accepted_keywords(_create_segformer_mit, skip=("variant", "size",
+                                                                                               "pretrained_tag")))
     tag_cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
     if num_classes is None and pretrained_tag:
         num_classes = tag_cfg.extra.get("num_classes")
@@ -206,20 +209,34 @@ def _create_segformer_mit(
     head = SegformerDecodeHead(config)
     model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
                       pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
-    if pretrained:
-        checkpoint_path = hub_download(tag_cfg.hf_hub_id, tag_cfg.hf_hub_filename, what=f"{variant}.{tag_cfg.tag} weights")
-    if checkpoint_path is not None:
-        state, source = _read_transformers_checkpoint(checkpoint_path)
-        # a fine-tuned file for other classes: keep everything but the final 1x1 classifier
-        classifier = next((v for k, v in state.items() if k.endswith("decode_head.classifier.weight")), None)
-        include_classifier = classifier is None or classifier.shape[0] == num_classes
-        report = _load_state(model, state, source, include_classifier)
-        print(report if include_classifier else f"{report}; classifier re-initialised for {num_classes} classes")
+    model.model_name = variant
+    if pretrained or checkpoint_path is not None:
+        load_segformer_weights(model, checkpoint_path)
     if freeze_backbone:
         model.freeze_backbone()
     if grad_checkpointing:
         model.set_grad_checkpointing()
     return model
+
+
+def load_segformer_weights(model: Segmenter, checkpoint_path: str | os.PathLike | None = None,
+                           verbose: bool = True) -> LoadReport:
+    """What ``pretrained=True`` / ``checkpoint_path=`` do for a ``segformer_mit_*`` model, on one
+    already built: the model's tag's transformers file from the Hub (or a local file) loads
+    through :func:`load_transformers_segformer`; a fine-tuned classifier for another class
+    count is left as initialised, and said so."""
+    if checkpoint_path is None:
+        cfg = model.pretrained_cfg
+        checkpoint_path = hub_download(cfg["hf_hub_id"], cfg["hf_hub_filename"],
+                                       what=f"{cfg['architecture']}.{cfg['tag']} weights")
+    state, source = _read_transformers_checkpoint(checkpoint_path)
+    # a fine-tuned file for other classes: keep everything but the final 1x1 classifier
+    classifier = next((v for k, v in state.items() if k.endswith("decode_head.classifier.weight")), None)
+    include_classifier = classifier is None or classifier.shape[0] == model.num_classes
+    report = _load_state(model, state, source, include_classifier)
+    if verbose:
+        print(report if include_classifier else f"{report}; classifier re-initialised for {model.num_classes} classes")
+    return report
 
 
 def _model_pretrained_cfg(tag_cfg: PretrainedCfg, size: str, in_chans: int) -> dict[str, Any]:
