@@ -59,16 +59,19 @@ def test_every_parameter_gets_a_gradient_from_the_loss(model):
 def test_eval_returns_log_probabilities_at_the_input_size(model, size):
     model.eval()
     x = torch.randn(2, 3, *size)
+    # the documented padding: zeros on the bottom/right up to a multiple of the 14-px patch
+    assert model.pad_multiple == 14
+    pad_h, pad_w = -size[0] % 14, -size[1] % 14
     with torch.no_grad():
         logits = model(x)
-        outputs = model.decode_head(model.neck(model.backbone(model._pad_to_patch_multiple(x))))
+        outputs = model.decode_head(model.neck(model.backbone(F.pad(x, (0, pad_w, 0, pad_h)))))
     assert logits.shape == (2, 3, *size) and torch.isfinite(logits).all()
     # by construction: normalised class scores, so the probabilities sum to 1 at every pixel
     torch.testing.assert_close(logits.exp().sum(1), torch.ones(2, *size))
     torch.testing.assert_close(logits.softmax(1), logits.exp(), atol=1e-6, rtol=1e-5)
     # argmax = Mask2Former's semantic inference: sum over queries of P(class) x P(mask)
     scores = model.decode_head.semantic_probabilities(outputs)
-    padded = (-(-size[0] // 14) * 14, -(-size[1] // 14) * 14)
+    padded = (size[0] + pad_h, size[1] + pad_w)
     scores = F.interpolate(scores, size=padded, mode="bilinear", align_corners=False)[..., : size[0], : size[1]]
     assert (logits.argmax(1) == scores.argmax(1)).float().mean() > 0.999
 

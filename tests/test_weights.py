@@ -14,9 +14,11 @@ from timm.layers import resample_abs_pos_embed
 import segzoo
 from tests.checkpoint_layouts import TINY_BACKBONE, dino_teacher, mae_checkpoint, meta_dinov2, meta_dinov3, source_vit
 
-def _features(model: torch.nn.Module, backbone: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    out = model.forward_intermediates(x, indices=backbone._unique_indices, intermediates_only=True, output_fmt="NCHW")
-    return [out[i] for i in backbone._gather]
+
+def _features(source: torch.nn.Module, feature_indices: list[int], x: torch.Tensor) -> list[torch.Tensor]:
+    """The source ViT's output of each block in ``feature_indices``, one timm call per block."""
+    return [source.forward_intermediates(x, indices=[i], intermediates_only=True, output_fmt="NCHW")[0]
+            for i in feature_indices]
 
 
 LAYOUTS = {
@@ -69,7 +71,8 @@ def test_original_layout_loads_to_the_source_models_features(layout, tiny, tmp_p
     assert re.search(r"[1-9]\d* unused by segmentation", report)  # the final norm at least
     x = torch.randn(1, 3, 3 * model.patch_size, 4 * model.patch_size)
     with torch.no_grad():
-        got, want = model.backbone(x), _features(source, model.backbone, x)
+        got, want = model.backbone(x), _features(source, model.backbone.feature_indices, x)
+    assert len(got) == len(want) == 4
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
     assert "checkpoint_path" not in model.model_kwargs  # config.json rebuilds the architecture only
