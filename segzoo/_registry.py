@@ -156,17 +156,18 @@ def get_pretrained_cfg(name: str, allow_missing: bool = False) -> PretrainedCfg 
     if not tag:
         return next(iter(cfgs.values()))
     if tag not in cfgs:
+        close = difflib.get_close_matches(tag, list(cfgs), n=1, cutoff=0.5)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownModelError(
-            _unknown_message(tag, list(cfgs), f"pretrained tag for {arch!r}", full=[c.name for c in cfgs.values()])
+            f"Unknown pretrained tag {tag!r} for {arch!r}{guess}; valid tags: {', '.join(cfgs)} "
+            f"(e.g. {next(iter(cfgs.values())).name!r})"
         )
     return cfgs[tag]
 
 
-def _unknown_message(name: str, candidates: list[str], what: str, full: list[str] | None = None) -> str:
+def _unknown_message(name: str, candidates: list[str], what: str) -> str:
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.4)
     if not close:  # fall back to shared tokens, e.g. "segformer_dino_large"
         tokens = set(name.lower().replace(".", "_").split("_"))
         close = sorted(candidates, key=lambda c: -len(tokens & set(c.split("_"))))[:5]
-    hint = ", ".join(close)
-    available = f" Available: {', '.join(full)}." if full else " See segzoo.list_models()."
-    return f"Unknown {what} {name!r}. Closest registered: {hint}.{available}"
+    return f"Unknown {what} {name!r}. Closest registered: {', '.join(close)}. See segzoo.list_models()."

@@ -98,6 +98,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     (truncated, corrupted, not a checkpoint) raise :class:`CheckpointError` naming the file.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+        hint = f" holding {', '.join(inside[:5])}: pass one of them" if inside else ": pass the weights file in it"
+        raise IsADirectoryError(f"checkpoint_path {str(path)!r} is a directory{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist (checkpoint_path=...)")
     if _is_safetensors(path):

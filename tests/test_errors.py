@@ -138,3 +138,17 @@ def test_mit_names_an_unknown_keyword_and_an_unknown_encoder_field():
     own = dict(TINY_MIT, backbone_kwargs=dict(TINY_MIT["backbone_kwargs"], drop_path_rate=0.2))
     with pytest.raises(ValueError, match=r"set by create_model's own keyword: pass drop_path_rate=\.\.\. instead"):
         segzoo.create_model("segformer_mit_b0", num_classes=2, **own)
+
+
+def test_an_unknown_pretrained_tag_lists_the_valid_ones():
+    with pytest.raises(segzoo.UnknownModelError, match=r"Unknown pretrained tag 'nope' for 'segformer_dinov3_small'; "
+                                                       r"valid tags: lvd1689m"):
+        segzoo.create_model("segformer_dinov3_small.nope", num_classes=2)
+    with pytest.raises(segzoo.UnknownModelError, match=r"'lvd1689' .*did you mean 'lvd1689m'\?"):
+        segzoo.create_model("segformer_dinov3_small.lvd1689", num_classes=2)
+
+
+def test_a_directory_as_checkpoint_path_is_named_with_the_files_in_it(tiny, tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match=r"is a directory holding model\.safetensors: pass one of them"):
+        segzoo.create_model("segformer_dinov3_small", num_classes=2, checkpoint_path=tmp_path, **tiny)
