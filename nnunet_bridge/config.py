@@ -67,7 +67,8 @@ class ModelSection:
     pretrained_tag: str = _field("", "weights tag, e.g. \"lvd1689m\", \"sat493m\"; \"\" -> the model's default tag")
     checkpoint_path: str = _field("", "local backbone weights in their published layout (RETFound, VisionFM, "
                                       "Meta's own DINOv3 files); wins over `pretrained`")
-    drop_path_rate: float = _field(0.0, "stochastic depth rate of the ViT blocks")
+    drop_path_rate: Optional[float] = _field(None, "stochastic depth rate of the encoder blocks; null -> the "
+                                                   "model's default (0 for the ViT families, 0.1 for MiT)")
     grad_checkpointing: bool = _field(False, "timm's activation checkpointing in the backbone: less memory, more time")
     input_normalization: str = _field("auto", "auto | backbone | none: whether the network applies the backbone's "
                                               "mean/std (auto: only when every channel is scaled to [0, 1])")

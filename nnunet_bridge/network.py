@@ -107,11 +107,11 @@ def arch_kwargs_from_config(config: Any, input_normalization: str) -> dict[str, 
     name = zoo_model_name(config)
     if model.pretrained_tag:
         name = f"{name}.{model.pretrained_tag}"
-    model_kwargs: dict[str, Any] = dict(
-        drop_path_rate=float(model.drop_path_rate),
-        grad_checkpointing=bool(model.grad_checkpointing),
-    )
-    # unset -> the model's own default (UperNet's width differs from SegFormer's; MiT takes no neck)
+    model_kwargs: dict[str, Any] = dict(grad_checkpointing=bool(model.grad_checkpointing))
+    # unset -> the model's own default (UperNet's width differs from SegFormer's; MiT takes no neck and
+    # trains with stochastic depth 0.1)
+    if model.drop_path_rate is not None:
+        model_kwargs["drop_path_rate"] = float(model.drop_path_rate)
     if model.decoder_hidden_size is not None:
         model_kwargs["decoder_hidden_size"] = int(model.decoder_hidden_size)
     if model.neck is not None:

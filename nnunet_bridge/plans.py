@@ -21,6 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from segzoo.lora import NO_LORA_ON_MIT
+from segzoo.models import supports_lora
+
 from .config import ConfigError, config_to_dict, load_config, zoo_model_name
 from .files import write_atomic
 from .network import arch_kwargs_from_config
@@ -82,6 +85,9 @@ def plan(
     name = configuration_name or configuration_name_for(config)
     if "__" in name:
         raise ConfigError(f"configuration name {name!r} must not contain '__' (nnU-Net splits folder names on it)")
+    if config.lora.enabled and not supports_lora(zoo_model_name(config)):
+        raise ConfigError(f"lora.enabled is true, but {zoo_model_name(config)} takes no LoRA: {NO_LORA_ON_MIT}. "
+                          "Set lora.enabled: false in your YAML")
     plans = load_plans(dataset, plans_identifier)
     configurations = plans["configurations"]
     if BASE_CONFIGURATION not in configurations:

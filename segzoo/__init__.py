@@ -1,5 +1,13 @@
 """segzoo: a timm-style zoo of segmentation models on ViT foundation backbones."""
 
+import warnings
+
+with warnings.catch_warnings():
+    # timm's model files call torch.jit.interface at import, which newer torch deprecates: a warning
+    # about timm's code, not the user's, printed by every command
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.interface.* is deprecated", category=FutureWarning)
+    import timm  # noqa: F401
+
 from . import lora, models, optim  # noqa: F401  (models registers every model)
 from ._factory import create_model
 from .compilation import compile_model, is_compiled, uncompile_model

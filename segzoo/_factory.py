@@ -22,10 +22,18 @@ from ._hub import (
 )
 from .backbones import ViTBackbone, get_backbone_spec, published_weights_source
 from .backbones.mit import MiTBackbone
+from .models import supports_lora
 from .models.segformer_mit import load_segformer_weights
 from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
 from ._weights import CheckpointError, LoadReport, load_backbone_checkpoint, load_state_dict_strict
-from .lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, apply_lora, load_lora_adapter, read_adapter_config
+from .lora import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    NO_LORA_ON_MIT,
+    apply_lora,
+    load_lora_adapter,
+    read_adapter_config,
+)
 
 __all__ = ["create_model", "load_backbone_weights", "load_pretrained"]
 
@@ -87,6 +95,8 @@ def create_model(
     if checkpoint_path is not None:
         kwargs["checkpoint_path"] = os.fspath(checkpoint_path)
     lora = kwargs.pop("lora", None)
+    if lora is not None and lora is not False and not supports_lora(arch):
+        raise ValueError(f"{arch} takes no lora: {NO_LORA_ON_MIT}")  # before building or downloading anything
     model = entrypoint(
         pretrained=pretrained, pretrained_tag=tag or None, num_classes=num_classes, in_chans=in_chans, **kwargs
     )

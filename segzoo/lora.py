@@ -17,17 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import SegformerModel
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
+    "NO_LORA_ON_MIT",
     "ADAPTER_WEIGHTS_NAME",
     "apply_lora",
     "base_weights_sha256",
@@ -43,6 +44,10 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 _FORMAT = "segzoo-lora-adapter"
 _DEFAULT_TARGETS = ("qkv",)
+NO_LORA_ON_MIT = (
+    "LoRA in segzoo adapts the ViT families' blocks (DINOv3, DINOv2, RETFound, VisionFM); segformer_mit_* models "
+    "fine-tune fully, or with freeze_backbone=True to train only the head"
+)
 
 
 def apply_lora(
@@ -73,6 +78,9 @@ def apply_lora(
     r, alpha, dropout, targets = _check_lora_args(r, alpha, dropout, target_modules)
     _check_targets_exist(timm_model, targets)
     trainable_before = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    # peft is imported on first use: it is most of `import segzoo`'s time, and most models never need it
+    from peft import LoraConfig, inject_adapter_in_model
+
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     inject_adapter_in_model(config, timm_model)  # freezes every non-adapter weight of the timm model
     for part in ("neck", "decode_head"):
@@ -96,7 +104,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Modifies ``model`` in place and returns it.
     """
     timm_model = _timm_model(model)
-    layers = [(name, module) for name, module in timm_model.named_modules() if isinstance(module, BaseTunerLayer)]
+    layers = _peft_layers(timm_model)
     if not layers:
         raise ValueError(
             "model has no LoRA adapters to merge; add them with segzoo.lora.apply_lora(model) or "
@@ -121,7 +129,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 def has_lora(model: nn.Module) -> bool:
     """Whether the model's backbone carries peft LoRA layers."""
-    return any(isinstance(m, BaseTunerLayer) for m in model.modules())
+    return bool(_peft_layers(model))
+
 
 
 def lora_config_of(model: nn.Module) -> dict[str, Any]:
@@ -234,9 +243,19 @@ def base_weights_sha256(model: nn.Module, exclude: set[str] | None = None) -> st
 # -- helpers -------------------------------------------------------------------------------
 
 
+def _peft_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """peft's tuner layers in ``module``: none while peft was never imported, as no model can hold one then."""
+    tuners = sys.modules.get("peft.tuners.tuners_utils")
+    if tuners is None:
+        return []
+    return [(name, m) for name, m in module.named_modules() if isinstance(m, tuners.BaseTunerLayer)]
+
+
 def _timm_model(model: nn.Module) -> nn.Module:
     backbone = getattr(model, "backbone", None)
     timm_model = getattr(backbone, "model", None)
+    if isinstance(timm_model, SegformerModel):  # MiT: transformers' encoder, not a timm ViT
+        raise ValueError(NO_LORA_ON_MIT)
     if not isinstance(timm_model, nn.Module) or not hasattr(timm_model, "blocks"):
         raise TypeError(
             f"expected a segzoo model (with .backbone.model a timm ViT), got {type(model).__name__}; "

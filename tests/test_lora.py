@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import warnings
 
 import peft
@@ -202,3 +203,32 @@ def test_save_pretrained_adapter_only_reloads_by_folder_onto_the_recorded_base(t
         torch.testing.assert_close(reloaded(x), model(x))
     with pytest.raises(ValueError, match="no LoRA adapters"):
         segzoo.save_pretrained(segzoo.create_model(NAME, num_classes=3, **tiny), tmp_path / "x", adapter_only=True)
+
+
+def test_lora_on_mit_is_refused_before_building_and_by_apply_lora():
+    from segzoo.models import supports_lora
+    from tests.tiny_models import TINY_MIT
+
+    assert not supports_lora("segformer_mit_b0") and supports_lora("segformer_dinov3_large.lvd1689m")
+    with pytest.raises(ValueError, match=r"segformer_mit_b0 takes no lora: LoRA in segzoo adapts the ViT families"):
+        segzoo.create_model("segformer_mit_b0", num_classes=2, lora=dict(r=4), **TINY_MIT)
+    model = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT)
+    with pytest.raises(ValueError, match="freeze_backbone=True to train only the head"):
+        segzoo.lora.apply_lora(model, r=4)
+
+
+def test_peft_loads_only_when_a_model_gets_lora():
+    import subprocess
+    import sys
+
+    program = (
+        "import sys, segzoo; from tests.tiny_models import TINY_VIT\n"
+        "assert 'peft' not in sys.modules, 'import segzoo loaded peft'\n"
+        "m = segzoo.create_model('segformer_dinov3_small', num_classes=2, backbone_kwargs=TINY_VIT)\n"
+        "assert 'peft' not in sys.modules and not segzoo.lora.has_lora(m)\n"
+        "m = segzoo.create_model('segformer_dinov3_small', num_classes=2, backbone_kwargs=TINY_VIT, lora=dict(r=2))\n"
+        "assert 'peft' in sys.modules and segzoo.lora.has_lora(m)\n"
+    )
+    # -W error: no third-party FutureWarning (timm's torch.jit.interface) on import either
+    subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", program], check=True, timeout=300,
+                   cwd=str(Path(__file__).resolve().parents[1]))

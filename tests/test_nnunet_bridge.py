@@ -316,3 +316,18 @@ def test_lora_compatibility_spellings_are_aliases_and_both_at_once_is_an_error(t
     both.write_text("lora:\n  alpha: 8\n  lora_alpha: 32\n")
     with pytest.raises(ConfigError, match=r"lora\.lora_alpha and lora\.alpha are the same setting"):
         load_config(both)
+
+
+def test_plan_refuses_lora_on_mit_and_keeps_mits_own_drop_path_default(tmp_path, monkeypatch):
+    from tests.tiny_models import TINY_MIT
+
+    path = _minimal_plans(tmp_path, monkeypatch, schemes=("RGBTo01Normalization",) * 3)
+    mit = {"name": "segformer_mit_b0", "pretrained": False, "kwargs": dict(TINY_MIT)}
+    with pytest.raises(ConfigError, match=r"lora\.enabled is true, but segformer_mit_b0 takes no LoRA.*"
+                                          r"Set lora\.enabled: false"):
+        plan(123, load_config({"model": mit}), verbose=False)  # the default has LoRA on
+    name = plan(123, load_config({"model": mit, "lora": {"enabled": False}}), verbose=False)
+    arch = json.loads(path.read_text())["configurations"][name]["architecture"]["arch_kwargs"]
+    assert "drop_path_rate" not in arch["model_kwargs"]  # MiT's own 0.1, not the ViT families' 0
+    network = get_network_from_plans(NETWORK_CLASS_NAME, arch, [], 3, 2, allow_init=True, deep_supervision=False)
+    assert max(m.drop_prob for m in network.modules() if hasattr(m, "drop_prob")) > 0

@@ -1,5 +1,7 @@
 """Segmenters and the registered model factories (importing a model file registers its names)."""
 
+from .._registry import get_pretrained_cfg, split_model_name_tag
+from ..backbones import BACKBONES
 from . import mask2former, segformer, segformer_mit, upernet
 from ._builder import build_segmenter
 from .mask_classification import MaskClassificationSegmenter
@@ -9,8 +11,17 @@ __all__ = [
     "MaskClassificationSegmenter",
     "Segmenter",
     "build_segmenter",
+    "supports_lora",
     "mask2former",
     "segformer",
     "segformer_mit",
     "upernet",
 ]
+
+
+def supports_lora(model_name: str) -> bool:
+    """Whether a registered model's backbone takes LoRA: the ViT families' do; MiT's
+    (``segformer_mit_*``, transformers' own layers) fine-tunes fully instead."""
+    arch, tag = split_model_name_tag(model_name)
+    cfg = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch, allow_missing=True)
+    return cfg is not None and cfg.extra.get("backbone") in BACKBONES
