@@ -35,7 +35,10 @@ from .lora import (
     read_adapter_config,
 )
 
-__all__ = ["create_model", "load_backbone_weights", "load_pretrained"]
+__all__ = ["ADAPTER_FOLDER_OVERRIDES", "create_model", "load_backbone_weights", "load_pretrained"]
+
+# create_model options an adapter folder's rebuild can take: none changes a weight's shape
+ADAPTER_FOLDER_OVERRIDES = ("drop_path_rate", "freeze_backbone", "grad_checkpointing")
 
 
 def create_model(
@@ -92,8 +95,8 @@ def create_model(
     entrypoint = model_entrypoint(arch)  # unknown name -> error naming the closest names
     if tag:
         get_pretrained_cfg(model_name)  # unknown tag -> error listing the model's tags
-    if checkpoint_path is not None:
-        kwargs["checkpoint_path"] = os.fspath(checkpoint_path)
+    if checkpoint_path is not None:  # absolute: what adapter folders record must resolve from any directory
+        kwargs["checkpoint_path"] = os.path.abspath(os.path.expanduser(os.fspath(checkpoint_path)))
     lora = kwargs.pop("lora", None)
     if lora is not None and lora is not False and not supports_lora(arch):
         raise ValueError(f"{arch} takes no lora: {NO_LORA_ON_MIT}")  # before building or downloading anything
@@ -186,12 +189,17 @@ def load_backbone_weights(
 
 def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:
     """Rebuild an adapter's base as it was built (published weights, or its recorded
-    ``checkpoint_path``), then load the adapter onto it."""
-    if overrides:
+    ``checkpoint_path``), then load the adapter onto it. Overrides that leave every weight's
+    shape alone apply; ``check_base=False`` skips the base fingerprint check."""
+    check_base = bool(overrides.pop("check_base", True))
+    refused = sorted(set(overrides) - set(ADAPTER_FOLDER_OVERRIDES))
+    if refused:
+        hint = (" (the saved head has the adapter's classes: reload, then call model.reset_classifier(n))"
+                if "num_classes" in refused else "")
         raise ValueError(
-            f"{folder} is a LoRA adapter folder: its base is rebuilt exactly as it was trained, so options "
-            f"{sorted(overrides)} cannot apply; build the base with them yourself and call "
-            "segzoo.lora.load_lora_adapter(base_model, folder)"
+            f"{folder} is a LoRA adapter folder: its base is rebuilt as it was trained, so {refused} cannot "
+            f"change{hint}; options that can: {', '.join(ADAPTER_FOLDER_OVERRIDES)}, check_base. Or build the "
+            "base yourself and call segzoo.lora.load_lora_adapter(base_model, folder)"
         )
     config = read_adapter_config(folder)
     if not config.get("model_name"):
@@ -200,6 +208,7 @@ def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:
         )
     kwargs = dict(config["model_kwargs"])
     tag = kwargs.pop("pretrained_tag", None)
+    kwargs.update(overrides)
     name = f"{config['model_name']}.{tag}" if tag else config["model_name"]
     base = config.get("base", {})
     pretrained = bool(base.get("pretrained", True))
@@ -211,7 +220,7 @@ def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:
                 "build the base yourself and call load_lora_adapter(base_model, directory)"
             )
         kwargs["checkpoint_path"] = checkpoint_path
-    return load_lora_adapter(create_model(name, pretrained=pretrained, **kwargs), folder)
+    return load_lora_adapter(create_model(name, pretrained=pretrained, **kwargs), folder, check_base=check_base)
 
 
 def _restore_shared_names(model: nn.Module, state: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ._version import __version__
 from ._weights import CheckpointError
-from .lora import save_lora_adapter
+from .lora import has_lora, save_lora_adapter
 
 if TYPE_CHECKING:
     from .backbones.specs import BackboneSpec, WeightsSource
@@ -64,6 +64,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, adapter
     rebuilds that base. Returns the folder.
     """
     config = _model_config(model)
+    if adapter_only and has_lora(model):
+        _check_base_can_be_rebuilt(model)  # before anything is written
     folder = Path(save_directory).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     if adapter_only:
@@ -74,6 +76,17 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, adapter
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
     (folder / MODEL_CARD_NAME).write_text(_model_card(config))
     return folder
+
+
+def _check_base_can_be_rebuilt(model: nn.Module) -> None:
+    """An adapter folder reloads by rebuilding its base; a randomly initialised one cannot be."""
+    origin = getattr(model, "weights_origin", None) or {}
+    if not origin.get("pretrained") and not origin.get("checkpoint_path"):
+        raise ValueError(
+            "adapter_only=True saves the adapters without their base, and this model's backbone was randomly "
+            "initialised (neither pretrained=True nor checkpoint_path=...), so the folder could never be reloaded; "
+            "save the whole model (adapter_only=False), or build it on published or local weights"
+        )
 
 
 def push_to_hub(

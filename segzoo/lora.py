@@ -171,8 +171,9 @@ def save_lora_adapter(model: nn.Module, save_directory: str | Path) -> Path:
         "model_kwargs": kwargs,
         "lora": lora_config_of(model),
         "base": {
-            "pretrained_tag": kwargs.get("pretrained_tag", cfg.get("tag")),
-            "hf_hub_id": cfg.get("hf_hub_id"),
+            # the published weights only when they were loaded (a tag in the name alone loads nothing)
+            "pretrained_tag": kwargs.get("pretrained_tag", cfg.get("tag")) if origin.get("pretrained") else None,
+            "hf_hub_id": cfg.get("hf_hub_id") if origin.get("pretrained") else None,
             "pretrained": bool(origin.get("pretrained")),
             "checkpoint_path": origin.get("checkpoint_path"),
             "sha256": base_weights_sha256(model, exclude=set(tensors)),

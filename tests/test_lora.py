@@ -112,7 +112,8 @@ def test_adapter_folders_are_rebuilt_by_create_model_only(tiny, tmp_path):
     save_lora_adapter(_lora_model(tiny), tmp_path)
     with pytest.raises(TypeError, match=r"segzoo.create_model\(directory\)"):
         load_lora_adapter(tmp_path)
-    with pytest.raises(ValueError, match=r"adapter folder.*\['num_classes'\].*load_lora_adapter\(base_model, folder\)"):
+    with pytest.raises(ValueError, match=r"adapter folder.*\['num_classes'\] cannot change.*reset_classifier.*"
+                                         r"load_lora_adapter\(base_model, folder\)"):
         segzoo.create_model(tmp_path, num_classes=5)
 
 
@@ -232,3 +233,57 @@ def test_peft_loads_only_when_a_model_gets_lora():
     # -W error: no third-party FutureWarning (timm's torch.jit.interface) on import either
     subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", program], check=True, timeout=300,
                    cwd=str(Path(__file__).resolve().parents[1]))
+
+
+def _adapter_folder_on_a_local_base(tiny, tmp_path, monkeypatch):
+    """An adapter-only folder whose base was built from a relative checkpoint_path."""
+    from safetensors.torch import save_file
+
+    from tests.checkpoint_layouts import source_vit
+
+    monkeypatch.chdir(tmp_path)
+    save_file(source_vit("dinov3_base").state_dict(), "backbone.safetensors")
+    model = segzoo.create_model(NAME, num_classes=3, checkpoint_path="backbone.safetensors",
+                                lora=dict(r=4, alpha=8, dropout=0.0), **tiny)
+    _train_adapters(model)
+    return model.eval(), segzoo.save_pretrained(model, tmp_path / "adapter", adapter_only=True)
+
+
+def test_adapter_folder_records_an_absolute_base_path_and_reloads_from_anywhere(tiny, tmp_path, monkeypatch):
+    model, folder = _adapter_folder_on_a_local_base(tiny, tmp_path, monkeypatch)
+    base = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())["base"]
+    assert base["checkpoint_path"] == str(tmp_path / "backbone.safetensors")
+    assert base["pretrained_tag"] is None and base["hf_hub_id"] is None  # nothing was downloaded
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    reloaded = segzoo.create_model(str(folder)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x))
+
+
+def test_adapter_folder_overrides_apply_or_are_refused_naming_the_way_out(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from tests.checkpoint_layouts import source_vit
+
+    _, folder = _adapter_folder_on_a_local_base(tiny, tmp_path, monkeypatch)
+    reloaded = segzoo.create_model(str(folder), grad_checkpointing=True)
+    assert reloaded.backbone.model.grad_checkpointing
+    with pytest.raises(ValueError, match=r"\['num_classes'\] cannot change .*reset_classifier"):
+        segzoo.create_model(str(folder), num_classes=5)
+    with pytest.raises(ValueError, match=r"\['neck'\] cannot change.*grad_checkpointing"):
+        segzoo.create_model(str(folder), neck="none")
+    # another base file under the recorded path: refused by the fingerprint, loaded with check_base=False
+    save_file(source_vit("dinov3_base").state_dict(), str(tmp_path / "backbone.safetensors"))
+    with pytest.raises(ValueError, match="check_base=False"):
+        segzoo.create_model(str(folder))
+    assert segzoo.lora.has_lora(segzoo.create_model(str(folder), check_base=False))
+
+
+def test_adapter_only_save_of_a_random_base_is_refused(tiny, tmp_path):
+    model = _lora_model(tiny)
+    with pytest.raises(ValueError, match=r"randomly initialised .*could never be reloaded.*adapter_only=False"):
+        segzoo.save_pretrained(model, tmp_path / "adapter", adapter_only=True)
+    assert not (tmp_path / "adapter").exists()
