@@ -21,6 +21,11 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and {"-h", "--help"} & set(argv[1:]):
+        # the benchmark's own options are what a user asking for help here needs
+        print("usage: segzoo bench NAME [options of benchmarks/bench_models.py below; --models is NAME]\n")
+        return _run_bench_script(["--help"])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -67,12 +72,19 @@ def _info(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     model_entrypoint(args.name)
+    return _run_bench_script(["--models", args.name, *args.bench_args])
+
+
+def _run_bench_script(script_args: list[str]) -> int:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
     if not script.exists():
         print(f"segzoo: benchmark script not found at {script} (it ships with a source checkout)", file=sys.stderr)
         return 1
-    sys.argv = [str(script), "--models", args.name, *args.bench_args]
-    runpy.run_path(str(script), run_name="__main__")
+    sys.argv = [str(script), *script_args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exit_:  # argparse's --help and errors end the script this way
+        return exit_.code if isinstance(exit_.code, int) else 1
     return 0
 
 
@@ -92,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
 
-    p = commands.add_parser("bench", help="time the model against its backbone alone (benchmarks/bench_models.py)")
+    p = commands.add_parser("bench", help="time the model against its backbone alone (benchmarks/bench_models.py; "
+                                          "`segzoo bench --help` lists its options)")
     p.add_argument("name")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --img-size 256 --batch 1")
     p.set_defaults(func=_bench)
