@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import huggingface_hub
 from huggingface_hub import errors as hf_errors
@@ -137,12 +139,22 @@ def download_backbone_weights(spec: BackboneSpec, source: WeightsSource) -> str:
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def hub_download(repo_id: str, filename: str, what: str, revision: str | None = None) -> str:
+BACKBONE_FALLBACK = "or download the file yourself and pass checkpoint_path=... (pretrained=False)"
+
+
+def hub_download(repo_id: str, filename: str, what: str, revision: str | None = None,
+                 fallback: str = BACKBONE_FALLBACK) -> str:
+    """``hf_hub_download`` with errors that say what to do (``fallback``: the way around the Hub).
+
+    Without network (the Hub's host name does not resolve) the cache answers at once instead
+    of after huggingface_hub's half a minute of retries.
+    """
     page = f"{huggingface_hub.constants.ENDPOINT}/{repo_id}"
-    fallback = "or download the file yourself and pass checkpoint_path=... (pretrained=False)"
+    unreachable = _hub_host_unresolvable()
     try:
         return huggingface_hub.hf_hub_download(
-            repo_id, filename, revision=revision, library_name="segzoo", library_version=__version__
+            repo_id, filename, revision=revision, library_name="segzoo", library_version=__version__,
+            local_files_only=unreachable,
         )
     except hf_errors.GatedRepoError as err:
         raise HubAccessError(
@@ -158,12 +170,28 @@ def hub_download(repo_id: str, filename: str, what: str, revision: str | None = 
         raise HubAccessError(f"{what}: revision {revision!r} of {repo_id} does not exist ({page})") from err
     except hf_errors.EntryNotFoundError as err:
         if isinstance(err, hf_errors.LocalEntryNotFoundError):
+            why = (f"{_hub_host()} does not resolve (no network?); set HF_HUB_OFFLINE=1 to use the cache only"
+                   if unreachable else f"the Hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')})")
             raise HubAccessError(
                 f"{what}: {repo_id}/{filename} is not in the Hugging Face cache ({huggingface_hub.constants.HF_HUB_CACHE}) "
-                f"and the Hub cannot be reached (HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}). "
-                f"Download it once while online, {fallback}"
+                f"and {why}. Download it once while online, {fallback}"
             ) from err
         raise HubAccessError(f"{what}: {repo_id} has no file {filename!r} ({page}); {fallback}") from err
+
+
+def _hub_host() -> str:
+    return urlparse(huggingface_hub.constants.ENDPOINT).hostname or ""
+
+
+def _hub_host_unresolvable() -> bool:
+    """True when not offline already and the Hub's host name does not resolve: no network."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False  # huggingface_hub itself reads the cache only
+    try:
+        socket.getaddrinfo(_hub_host(), None)
+    except (socket.gaierror, UnicodeError):
+        return True
+    return False
 
 
 def resolve_saved_file(name: str, filename: str) -> tuple[str, str]:
@@ -171,7 +199,9 @@ def resolve_saved_file(name: str, filename: str) -> tuple[str, str]:
     snapshot keeps a repo's files in one folder) and a description of where it is."""
     if name.startswith(HF_HUB_PREFIX):
         repo_id, _, revision = name[len(HF_HUB_PREFIX):].partition("@")
-        return hub_download(repo_id, filename, f"segzoo model {repo_id}", revision=revision or None), name
+        fallback = "or copy the saved model's folder here and pass its path to create_model"
+        return hub_download(repo_id, filename, f"segzoo model {repo_id}", revision=revision or None,
+                            fallback=fallback), name
     folder = Path(name).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(

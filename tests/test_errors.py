@@ -152,3 +152,17 @@ def test_a_directory_as_checkpoint_path_is_named_with_the_files_in_it(tiny, tmp_
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(IsADirectoryError, match=r"is a directory holding model\.safetensors: pass one of them"):
         segzoo.create_model("segformer_dinov3_small", num_classes=2, checkpoint_path=tmp_path, **tiny)
+
+
+def test_without_network_the_cache_answers_at_once_and_the_advice_fits_the_request(tiny, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://hub.segzoo-test.invalid")  # never resolves
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(segzoo.HubAccessError, match=r"hub\.segzoo-test\.invalid does not resolve \(no network\?\); "
+                                                    r"set HF_HUB_OFFLINE=1.*pass checkpoint_path="):
+        segzoo.create_model("segformer_dinov3_small", pretrained=True, num_classes=2, **tiny)
+    with pytest.raises(segzoo.HubAccessError, match="copy the saved model's folder") as saved_model:
+        segzoo.create_model("hf-hub:someone/some-model")
+    assert "checkpoint_path" not in str(saved_model.value)  # create_model refuses it for saved models
