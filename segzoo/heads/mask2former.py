@@ -87,6 +87,29 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
             ],
         }
 
+    def get_classifier(self) -> nn.Linear:
+        """The class predictor: ``num_classes + 1`` outputs, the last one "no object"."""
+        return self.class_predictor
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised class predictor for ``num_classes`` classes plus "no object",
+        initialised as transformers initialises it; the loss follows (its "no object" index
+        and down-weighting)."""
+        num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
+        old = self.class_predictor
+        predictor = nn.Linear(old.in_features, num_classes + 1, device=old.weight.device, dtype=old.weight.dtype)
+        self._init_weights(predictor)
+        self.class_predictor = predictor
+        self.num_classes = num_classes
+        self.config.num_labels = num_classes
+        # Mask2FormerLoss fills unmatched queries with class num_labels ("no object") and weighs
+        # that class by no_object_weight: both must move with the count
+        criterion = self.criterion
+        empty_weight = criterion.empty_weight.new_ones(num_classes + 1)
+        empty_weight[-1] = criterion.eos_coef
+        criterion.num_labels = num_classes
+        criterion.empty_weight = empty_weight  # stays a registered buffer
+
     def semantic_probabilities(self, outputs: MaskOutputs) -> torch.Tensor:
         """``(B, num_classes, h, w)``: sum over queries of P(class) x P(pixel in mask).
 

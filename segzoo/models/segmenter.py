@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import warnings
+from itertools import chain
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import positive_int
+from ..optim import embedding_param_names, encoder_group_matcher
+
 __all__ = ["Segmenter"]
+
+# side of the neck's probe maps when measuring feature_info: even at every pyramid level
+_NECK_PROBE_SIZE = 64
 
 
 class Segmenter(nn.Module):
@@ -57,6 +64,7 @@ class Segmenter(nn.Module):
         # set by segzoo.create_model: what save_pretrained writes to config.json to rebuild
         self.model_name: str | None = None
         self.model_kwargs: dict[str, Any] = {}
+        self._feature_info: list[dict[str, Any]] | None = None  # measured on first use
 
     @property
     def default_cfg(self) -> dict[str, Any]:  # timm's older name
@@ -72,6 +80,73 @@ class Segmenter(nn.Module):
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
+
+    # -- timm's model interface ----------------------------------------------------------
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The neck's output maps, finest first: what the decode head consumes.
+
+        The input is checked and padded as in :meth:`forward`, so the maps belong to the
+        padded image; :attr:`feature_info` gives their channels and strides.
+        """
+        self._check_input(x)
+        return self.neck(self.backbone(self._pad_to_patch_multiple(x)))
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """One dict per map of :meth:`forward_features`, timm's convention: ``num_chs``,
+        ``reduction`` (stride relative to the input: 4/8/16/32 for a patch-16 ViT with the
+        pyramid neck or for MiT, 3.5/7/14/28 for patch 14; an ``int`` when whole) and
+        ``module`` (the module whose output list holds the map)."""
+        if self._feature_info is None:
+            self._feature_info = self._measure_feature_info()
+        return [dict(info) for info in self._feature_info]
+
+    def get_classifier(self) -> nn.Module:
+        """The head's final per-class layer: the 1x1 ``classifier`` convolution of the
+        SegFormer and UperNet heads, Mask2Former's class-prediction linear layer (its
+        ``num_classes + 1`` outputs end with "no object")."""
+        head = self.decode_head
+        if hasattr(head, "get_classifier"):
+            return head.get_classifier()
+        classifier = getattr(head, "classifier", None)
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(
+                f"{type(head).__name__} has no `classifier` layer and no get_classifier(): name the head's final "
+                "per-class layer `classifier` (or give the head get_classifier / reset_classifier methods)"
+            )
+        return classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head's per-class layer by a freshly initialised one for ``num_classes``
+        (background included); every other weight stays. ``num_classes`` and what
+        :func:`segzoo.save_pretrained` writes follow, so a saved model reloads with the new count.
+        """
+        num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
+        head = self.decode_head
+        if hasattr(head, "reset_classifier"):
+            head.reset_classifier(num_classes)
+        else:
+            head.classifier = _fresh_classifier(self.get_classifier(), num_classes)
+            config = getattr(head, "config", None)
+            if hasattr(config, "num_labels"):  # transformers' heads: keep their config describing them
+                config.num_labels = num_classes
+        self.num_classes = num_classes
+        # the kwarg that rebuilds the model: config.json's num_classes comes from it
+        self.model_kwargs["num_classes"] = num_classes
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer groups, on full parameter names (for ``timm.optim.create_optimizer_v2(model,
+        layer_decay=...)``): ``stem`` (patch embedding, tokens, position embeddings) first, then
+        one group per ViT block or MiT stage; the neck and head, unmatched, form the last
+        group. ``coarse`` changes nothing: a block (a stage for MiT) already is the coarse
+        unit, as for timm's ViTs. The same layers as :func:`segzoo.optim.param_groups`."""
+        return encoder_group_matcher()
+
+    def no_weight_decay(self) -> set[str]:
+        """Full names of the position embeddings and tokens (timm's name); timm's
+        optimizer factory also exempts every 1-D tensor (norms, biases)."""
+        return embedding_param_names(self)
 
     # -- fine-tuning switches ------------------------------------------------------------
 
@@ -179,12 +254,60 @@ class Segmenter(nn.Module):
                 f"got {x.shape[-2]}x{x.shape[-1]}; create it without img_size to accept any size"
             )
 
+    def _measure_feature_info(self) -> list[dict[str, Any]]:
+        """Strides measured from shapes, on the meta device (no memory, no compute): the
+        backbone at a size it takes exactly, the neck on even maps (its own factors)."""
+        size = self.fixed_input_size or (self._probe_side(),) * 2
+        weights = next(chain(self.parameters(), self.buffers()), None)
+        dtype = weights.dtype if weights is not None and weights.is_floating_point() else torch.float32
+        with torch.no_grad():
+            image = torch.empty(1, self.in_chans, *size, device="meta", dtype=dtype)
+            backbone_maps = _meta_call(self.backbone, image)
+            side = _NECK_PROBE_SIZE
+            neck_in = [torch.empty(1, m.shape[1], side, side, device="meta", dtype=dtype) for m in backbone_maps]
+            neck_maps = _meta_call(self.neck, neck_in)
+        infos = []
+        for backbone_map, neck_map in zip(backbone_maps, neck_maps):
+            reduction = size[0] / backbone_map.shape[-2] * side / neck_map.shape[-2]
+            reduction = int(reduction) if reduction.is_integer() else reduction
+            infos.append(dict(num_chs=int(neck_map.shape[1]), reduction=reduction, module="neck"))
+        return infos
+
+    def _probe_side(self) -> int:
+        """A side every stride divides: 64 padding units (the pyramid halves them exactly), a
+        multiple of 32 (MiT's coarsest stride) and at least the minimum input."""
+        side = 64 * self.pad_multiple
+        while side < self.min_input_size or side % 32:
+            side *= 2
+        return side
+
     def _pad_to_patch_multiple(self, x: torch.Tensor) -> torch.Tensor:
         pad_h = -x.shape[-2] % self.pad_multiple
         pad_w = -x.shape[-1] % self.pad_multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
         return x
+
+
+def _fresh_classifier(old: nn.Module, num_classes: int) -> nn.Module:
+    """A layer like ``old`` with ``num_classes`` outputs and PyTorch's default initialisation
+    (the zoo's SegFormer and UperNet heads are built standalone, so that is their init)."""
+    factory = dict(device=old.weight.device, dtype=old.weight.dtype)
+    if isinstance(old, nn.Conv2d):
+        return nn.Conv2d(old.in_channels, num_classes, old.kernel_size, stride=old.stride, padding=old.padding,
+                         dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode, **factory)
+    if isinstance(old, nn.Linear):
+        return nn.Linear(old.in_features, num_classes, bias=old.bias is not None, **factory)
+    raise TypeError(
+        f"reset_classifier replaces an nn.Conv2d or nn.Linear classifier, got {type(old).__name__}; "
+        "give the head a reset_classifier(num_classes) method"
+    )
+
+
+def _meta_call(module: nn.Module, *args: Any) -> Any:
+    """``module(*args)`` with every parameter and buffer on the meta device: shapes only."""
+    tensors = {name: t.to("meta") for name, t in chain(module.named_parameters(), module.named_buffers())}
+    return torch.func.functional_call(module, tensors, args, strict=False)
 
 
 def _count(module: nn.Module) -> tuple[int, int]:
