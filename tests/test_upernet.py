@@ -68,3 +68,20 @@ def test_bad_head_options(tiny):
     with pytest.raises(ValueError, match="decoder_hidden_size must be an integer >= 1"):
         segzoo.create_model("upernet_dinov2_small", num_classes=3, backbone_kwargs=tiny["backbone_kwargs"],
                             decoder_hidden_size=0)
+
+
+def test_batch_of_one_trains_with_frozen_batch_norm_or_without_pool_scale_1(tiny):
+    model = segzoo.create_model("upernet_dinov2_small", num_classes=3, **tiny).train()
+    with pytest.raises(ValueError, match=r"psp_modules\.0.*leave scale 1 out of pool_scales=\(1, 2, 3, 6\) "
+                                         r"\(e\.g\. pool_scales=\(2, 3, 6\)\)"):
+        model(torch.randn(1, 3, 56, 56))
+    # the usual workaround: BatchNorm in eval mode, everything else training
+    model.apply(lambda m: m.eval() if isinstance(m, torch.nn.BatchNorm2d) else None)
+    model(torch.randn(1, 3, 56, 56)).sum().backward()
+
+    without_1 = segzoo.create_model("upernet_dinov2_small", num_classes=3, pool_scales=(2, 3, 6), **tiny).train()
+    without_1(torch.randn(1, 3, 56, 56)).sum().backward()
+    # a 1x1 coarsest map still leaves one value per channel in the bottleneck: named, without the pool_scales advice
+    with pytest.raises(ValueError, match=r"one value per channel in bottleneck\. Ways out") as err:
+        without_1(torch.randn(1, 3, 28, 28))  # 14-pixel patches: the pyramid's coarsest map is 1x1
+    assert "pool_scales" not in str(err.value)
