@@ -66,9 +66,9 @@ def test_bad_arguments(tiny):
         param_groups(torch.nn.Linear(2, 2), lr=1e-3)
 
 
-def test_non_vit_encoder_works_without_layer_decay_and_says_why_with_it():
+def test_mit_takes_every_parameter_once_with_and_without_layer_decay():
     mit = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT)
-    groups = param_groups(mit, lr=1e-3, layer_decay=1.0)
-    assert sum(len(g["params"]) for g in groups) == len(list(mit.parameters()))
-    with pytest.raises(TypeError, match="pass layer_decay=1.0 for other encoders"):
-        param_groups(mit, lr=1e-3, layer_decay=0.75)
+    for layer_decay in (1.0, 0.75):  # stage-wise decay (see test_timm_methods.py for the scales)
+        groups = param_groups(mit, lr=1e-3, layer_decay=layer_decay)
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert len(ids) == len(set(ids)) == len(list(mit.parameters()))
