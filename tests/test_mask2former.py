@@ -186,3 +186,38 @@ def test_mask_targets_hold_each_present_class_once():
     assert mask_labels[2].shape == (1, 64, 64) and mask_labels[2][0, -3:].sum() == 0  # padding in no mask
     for masks in mask_labels:
         assert masks.dtype == torch.float32 and (masks.sum(0) <= 1).all()
+
+
+def test_one_patch_inputs_work_at_width_32_in_train_and_eval(tiny):
+    """GroupNorm(32, 32) has one channel per group; a one-patch image gives it a 1x1 map."""
+    model = segzoo.create_model("mask2former_dinov3_small", num_classes=3, **tiny, **TINY_M2F)
+    assert tiny["decoder_hidden_size"] == 32
+    x = torch.randn(1, 3, 16, 16)
+    model.train()
+    loss = model.compute_loss(model(x), torch.randint(0, 3, (1, 16, 16)))
+    loss.backward()
+    assert torch.isfinite(loss)
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert logits.shape == (1, 3, 16, 16) and torch.isfinite(logits).all()
+
+
+def test_the_one_channel_group_norm_gives_what_group_norm_gives_a_larger_batch():
+    from segzoo.heads.mask2former import OneChannelGroupNorm
+
+    reference = torch.nn.GroupNorm(4, 4)
+    torch.nn.init.normal_(reference.weight)
+    torch.nn.init.normal_(reference.bias)
+    norm = OneChannelGroupNorm(4, 4)
+    norm.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 4, 1, 1)
+    torch.testing.assert_close(norm(x[:1]), reference(x)[:1])  # torch takes two images, not one
+    larger = torch.randn(1, 4, 3, 3)
+    torch.testing.assert_close(norm(larger), reference(larger))  # any other input: GroupNorm itself
+
+
+def test_eval_logits_come_back_in_the_heads_precision(tiny):
+    model = segzoo.create_model("mask2former_dinov3_small", num_classes=3, **tiny, **TINY_M2F).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).dtype == torch.float32
+        assert model.to(torch.bfloat16)(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16

@@ -29,6 +29,22 @@ __all__ = ["Mask2FormerHead", "create_mask2former_head", "label_map_to_mask_targ
 MaskOutputs = dict[str, Any]  # class_queries_logits, masks_queries_logits, auxiliary_outputs
 
 
+class OneChannelGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` with one channel per group that also takes a 1x1 map of one image.
+
+    torch refuses a group of a single value, though the result is defined: the mean is the
+    value and the variance 0, so every normalised value is 0 and the output is the bias
+    (gradients follow the same formula). The pixel decoder's ``GroupNorm(32, width)`` has
+    such groups at width 32, which a one-patch input reaches on its coarsest map.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.shape[2:].numel() == 1 and input.shape[0] == 1:
+            bias = self.bias.view(1, -1, *([1] * (input.dim() - 2))) if self.affine else 0.0
+            return input * 0.0 + bias
+        return super().forward(input)
+
+
 class Mask2FormerHead(Mask2FormerPreTrainedModel):
     """Feature pyramid (finest map first) -> ``num_queries`` class logits and mask logits.
 
@@ -59,6 +75,9 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
             cost_class=config.class_weight, cost_mask=config.mask_weight, cost_dice=config.dice_weight,
             num_points=config.train_num_points,
         )
+        for module in self.pixel_decoder.modules():
+            if type(module) is nn.GroupNorm and module.num_channels == module.num_groups:
+                module.__class__ = OneChannelGroupNorm  # same parameters; takes one-patch inputs at width 32
         self.post_init()
 
     @classmethod

@@ -47,7 +47,8 @@ class MaskClassificationSegmenter(Segmenter):
         scores = self.decode_head.semantic_probabilities(outputs)
         scores = F.interpolate(scores, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         scores = scores[..., :height, :width] + _SCORE_FLOOR
-        return (scores / scores.sum(dim=1, keepdim=True)).log()
+        # computed in float32 (the head's softmax/sigmoid), returned in the head's precision like the other heads
+        return (scores / scores.sum(dim=1, keepdim=True)).log().to(outputs["masks_queries_logits"].dtype)
 
     def compute_loss(self, outputs: Any, target: torch.Tensor) -> torch.Tensor:
         """Set-prediction loss of train-mode ``outputs`` against per-pixel class ids.
