@@ -121,3 +121,20 @@ def test_pyramid_halving_keeps_ceil_mode_results(size):
     x = torch.randn(2, 4, *size)
     expected = torch.nn.functional.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
     torch.testing.assert_close(HalveMaxPool()(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["segformer_mit_b0", "segformer_dinov3_small"])
+def test_a_frozen_backbone_trains_without_stochastic_depth(tiny, name):
+    from tests.tiny_models import TINY_MIT
+
+    kwargs = dict(TINY_MIT) if "mit" in name else dict(tiny)
+    model = segzoo.create_model(name, num_classes=2, drop_path_rate=0.3, freeze_backbone=True, **kwargs).train()
+    assert not model.backbone.training and model.decode_head.training
+    x = torch.randn(2, 3, 64, 64)
+    first, second = model.backbone(x), model.backbone(x)  # no random drop: the same features twice
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+    model.freeze_backbone(False)
+    assert model.backbone.training and any(p.requires_grad for p in model.backbone.parameters())
+    model.eval().train()
+    assert model.backbone.training

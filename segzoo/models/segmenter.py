@@ -61,6 +61,7 @@ class Segmenter(nn.Module):
         self.min_input_size = int(getattr(backbone, "min_input_size", self.patch_size))
         self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
         self.fixed_input_size = tuple(fixed_input_size) if fixed_input_size else None
+        self.backbone_frozen = False  # see freeze_backbone
         # set by segzoo.create_model: what save_pretrained writes to config.json to rebuild
         self.model_name: str | None = None
         self.model_kwargs: dict[str, Any] = {}
@@ -151,9 +152,21 @@ class Segmenter(nn.Module):
     # -- fine-tuning switches ------------------------------------------------------------
 
     def freeze_backbone(self, freeze: bool = True) -> None:
-        """Stop (or restart) gradient updates of every backbone parameter."""
+        """Stop (or restart) gradient updates of every backbone parameter.
+
+        A frozen backbone also stays in eval mode when the model trains: stochastic depth
+        and dropout would only add noise to features it can no longer adapt to.
+        """
         for param in self.backbone.parameters():
             param.requires_grad = not freeze
+        self.backbone_frozen = bool(freeze)
+        self.backbone.train(self.training and not freeze)
+
+    def train(self, mode: bool = True) -> "Segmenter":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.train(False)
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute backbone activations in the backward pass (timm's switch): less memory, more time."""
