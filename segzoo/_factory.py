@@ -24,6 +24,7 @@ from .backbones import ViTBackbone, get_backbone_spec, published_weights_source
 from .backbones.mit import MiTBackbone
 from .models import supports_lora
 from .models.segformer_mit import load_segformer_weights
+from .description import ModelDescription, WeightsRecord
 from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
 from ._weights import CheckpointError, LoadReport, load_backbone_checkpoint, load_state_dict_strict
 from .lora import (
@@ -103,14 +104,12 @@ def create_model(
     model = entrypoint(
         pretrained=pretrained, pretrained_tag=tag or None, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
-    model.model_name = arch
-    # what rebuilds the architecture; the weights' origin (pretrained/checkpoint) is not part of it
+    # what rebuilds the architecture, and (apart from it) where the weights came from
     rebuild = {k: v for k, v in kwargs.items() if k not in ("checkpoint_path", "checkpoint_format")}
-    model.model_kwargs = dict(num_classes=num_classes, in_chans=in_chans, **rebuild)
-    if tag:
-        model.model_kwargs["pretrained_tag"] = tag
-    # where the weights came from (not needed to rebuild, but an adapter-only save records its base)
-    model.weights_origin = dict(pretrained=bool(pretrained), checkpoint_path=kwargs.get("checkpoint_path"))
+    rebuild = dict(num_classes=num_classes, in_chans=in_chans, **rebuild, **({"pretrained_tag": tag} if tag else {}))
+    hub_id = model.pretrained_cfg.get("hf_hub_id") if pretrained else None
+    model.description = ModelDescription(arch, rebuild, WeightsRecord(
+        pretrained=bool(pretrained), checkpoint_path=kwargs.get("checkpoint_path"), hf_hub_id=hub_id))
     if lora is not None and lora is not False:  # last, after all weights are in: LoRA renames the targeted layers' keys
         _apply_lora_option(model, lora)
     return model
@@ -137,11 +136,9 @@ def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **ove
             adapter_file, _ = resolve_saved_file(name, filename)  # a Hub snapshot keeps them in one folder
         return _load_adapter_folder(Path(adapter_file).parent, overrides)
     weights_file, _ = resolve_saved_file(name, WEIGHTS_NAME)
-    kwargs = dict(config["model_kwargs"])
-    tag = kwargs.pop("pretrained_tag", None)
-    kwargs.update(overrides)
-    arch = config["architecture"]
-    model = create_model(f"{arch}.{tag}" if tag else arch, pretrained=False, **kwargs)
+    description = ModelDescription.from_dict(config)
+    model = create_model(description.name, pretrained=False, **{**description.rebuild_kwargs(), **overrides})
+    model.description.weights = description.weights  # the origin of the saved backbone, not a random init
     try:
         state = load_file(weights_file, device="cpu")
     except Exception as err:
@@ -170,9 +167,21 @@ def load_backbone_weights(
     """
     backbone = getattr(model, "backbone", None)
     if isinstance(backbone, MiTBackbone):  # transformers SegFormer files; fine-tuned tags hold the head too
-        return load_segformer_weights(model, checkpoint_path, verbose=verbose)
-    if not isinstance(backbone, ViTBackbone):
+        report = load_segformer_weights(model, checkpoint_path, verbose=verbose)
+    elif isinstance(backbone, ViTBackbone):
+        report = _load_vit_weights(model, backbone, checkpoint_path, checkpoint_format, verbose)
+    else:
         raise TypeError(f"load_backbone_weights expects a zoo model (a Segmenter), got {type(model).__name__}")
+    if getattr(model, "description", None) is not None:  # an adapter-only save now records this base
+        local = os.path.abspath(os.fspath(checkpoint_path)) if checkpoint_path is not None else None
+        model.description.weights = WeightsRecord(
+            pretrained=local is None, checkpoint_path=local,
+            hf_hub_id=model.pretrained_cfg.get("hf_hub_id") if local is None else None)
+    return report
+
+
+def _load_vit_weights(model: nn.Module, backbone: ViTBackbone, checkpoint_path: str | os.PathLike | None,
+                      checkpoint_format: str | None, verbose: bool) -> LoadReport:
     if checkpoint_path is None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         spec_name = cfg.get("backbone") or (backbone.spec.name if backbone.spec is not None else None)
@@ -201,18 +210,9 @@ def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:
             f"change{hint}; options that can: {', '.join(ADAPTER_FOLDER_OVERRIDES)}, check_base. Or build the "
             "base yourself and call segzoo.lora.load_lora_adapter(base_model, folder)"
         )
-    config = read_adapter_config(folder)
-    if not config.get("model_name"):
-        raise ValueError(
-            "adapter config records no model_name; load it onto a base model: load_lora_adapter(model, dir)"
-        )
-    kwargs = dict(config["model_kwargs"])
-    tag = kwargs.pop("pretrained_tag", None)
-    kwargs.update(overrides)
-    name = f"{config['model_name']}.{tag}" if tag else config["model_name"]
-    base = config.get("base", {})
-    pretrained = bool(base.get("pretrained", True))
-    checkpoint_path = base.get("checkpoint_path")
+    description = read_adapter_config(folder)["description"]
+    kwargs = {**description.rebuild_kwargs(lora=False), **overrides}  # the adapter adds the LoRA layers
+    pretrained, checkpoint_path = description.weights.pretrained, description.weights.checkpoint_path
     if checkpoint_path and not pretrained:
         if not Path(checkpoint_path).is_file():
             raise FileNotFoundError(
@@ -220,6 +220,7 @@ def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:
                 "build the base yourself and call load_lora_adapter(base_model, directory)"
             )
         kwargs["checkpoint_path"] = checkpoint_path
+    name = description.name
     return load_lora_adapter(create_model(name, pretrained=pretrained, **kwargs), folder, check_base=check_base)
 
 

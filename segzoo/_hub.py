@@ -48,7 +48,7 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the weights' origin recorded (segzoo.description); 1 still loads
 HF_HUB_PREFIX = "hf-hub:"
 
 
@@ -82,8 +82,8 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, adapter
 
 def _check_base_can_be_rebuilt(model: nn.Module) -> None:
     """An adapter folder reloads by rebuilding its base; a randomly initialised one cannot be."""
-    origin = getattr(model, "weights_origin", None) or {}
-    if not origin.get("pretrained") and not origin.get("checkpoint_path"):
+    description = getattr(model, "description", None)
+    if description is not None and not description.weights.is_reproducible:
         raise ValueError(
             "adapter_only=True saves the adapters without their base, and this model's backbone was randomly "
             "initialised (neither pretrained=True nor checkpoint_path=...), so the folder could never be reloaded; "
@@ -226,19 +226,16 @@ def read_saved_config(name: str) -> tuple[dict[str, Any], str]:
 
 
 def _model_config(model: nn.Module) -> dict[str, Any]:
-    name = getattr(model, "model_name", None)
-    if not name:
+    description = getattr(model, "description", None)
+    if description is None:
         raise ValueError(
             "this model does not record how to rebuild it: create it with segzoo.create_model(name, ...) "
             "so save_pretrained can write its registered name and kwargs to config.json"
         )
-    kwargs = dict(getattr(model, "model_kwargs", {}))
     config = {
-        "architecture": name,
-        "model_kwargs": kwargs,
-        "num_classes": kwargs.get("num_classes", getattr(model, "num_classes", None)),
-        "in_chans": kwargs.get("in_chans", getattr(model, "in_chans", 3)),
-        "segzoo_version": __version__,
+        **description.to_dict(),
+        "num_classes": description.kwargs.get("num_classes", getattr(model, "num_classes", None)),
+        "in_chans": description.kwargs.get("in_chans", getattr(model, "in_chans", 3)),
         "format_version": FORMAT_VERSION,
         "pretrained_cfg": dict(getattr(model, "pretrained_cfg", {})),
     }

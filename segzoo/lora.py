@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import SegformerModel
 
+from .description import ModelDescription
+
 __all__ = [
     "ADAPTER_CONFIG_NAME",
     "NO_LORA_ON_MIT",
@@ -161,23 +163,14 @@ def save_lora_adapter(model: nn.Module, save_directory: str | Path) -> Path:
     directory = Path(save_directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in _adapter_state_dict(model).items()}
-    kwargs = {k: v for k, v in dict(getattr(model, "model_kwargs", {}) or {}).items() if k != "lora"}
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    origin = getattr(model, "weights_origin", {}) or {}  # set by create_model
+    description = getattr(model, "description", None)
+    if description is None:
+        raise ValueError("this model does not record how to rebuild it: create it with segzoo.create_model(name, ...)")
     config = {
         "format": _FORMAT,
-        "format_version": 1,
-        "model_name": getattr(model, "model_name", None),
-        "model_kwargs": kwargs,
-        "lora": lora_config_of(model),
-        "base": {
-            # the published weights only when they were loaded (a tag in the name alone loads nothing)
-            "pretrained_tag": kwargs.get("pretrained_tag", cfg.get("tag")) if origin.get("pretrained") else None,
-            "hf_hub_id": cfg.get("hf_hub_id") if origin.get("pretrained") else None,
-            "pretrained": bool(origin.get("pretrained")),
-            "checkpoint_path": origin.get("checkpoint_path"),
-            "sha256": base_weights_sha256(model, exclude=set(tensors)),
-        },
+        "format_version": 2,
+        **description.to_dict(),  # the same description config.json holds; model_kwargs["lora"] included
+        "base_sha256": base_weights_sha256(model, exclude=set(tensors)),
     }
     save_file(tensors, str(directory / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt", "segzoo": _FORMAT})
     (directory / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
@@ -215,7 +208,7 @@ def load_lora_adapter(model: nn.Module, directory: str | Path | None = None, che
     if missing or unexpected:
         raise ValueError(
             f"adapter in {directory} does not fit this model: missing {missing[:5]} unexpected {unexpected[:5]}; "
-            f"it was saved for {config.get('model_name')} with {config.get('model_kwargs')}"
+            f"it was saved for {config['description'].name} with {config['description'].kwargs}"
         )
     model.load_state_dict(tensors, strict=False)
     return model
@@ -302,12 +295,14 @@ def _check_targets_exist(timm_model: nn.Module, targets: list[str] | str) -> Non
 
 def _check_base(model: nn.Module, saved: set[str], config: dict[str, Any], directory: Path) -> None:
     found = base_weights_sha256(model, exclude=saved)
-    base = config["base"]
-    if found != base["sha256"]:
+    expected, description = config["base_sha256"], config["description"]
+    if found != expected:
+        weights = description.weights
+        origin = (f"checkpoint {weights.checkpoint_path}" if weights.checkpoint_path
+                  else f"the published weights (hub {weights.hf_hub_id})" if weights.pretrained else "a random init")
         raise ValueError(
             f"base weights differ from the ones the adapter in {directory} was trained on (sha256 {found[:12]}... "
-            f"!= {base['sha256'][:12]}...): it expects {config.get('model_name')} with weights tag "
-            f"{base.get('pretrained_tag')!r} (hub {base.get('hf_hub_id')}, checkpoint {base.get('checkpoint_path')}); "
+            f"!= {expected[:12]}...): it expects {description.name} built from {origin}; "
             "build the base with those weights, or pass check_base=False to load anyway"
         )
 
@@ -343,4 +338,11 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     config = json.loads(path.read_text())
     if config.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a segzoo LoRA adapter config (format {config.get('format')!r})")
+    try:
+        config["description"] = ModelDescription.from_dict(config)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path} records no model to rebuild ({err}); load it onto a base model: "
+                         "load_lora_adapter(model, dir)") from err
+    config["lora"] = config["description"].lora
+    config.setdefault("base_sha256", (config.get("base") or {}).get("sha256"))  # format 1
     return config

@@ -86,8 +86,8 @@ def test_adapter_only_save_and_load_on_same_base(tiny, tmp_path):
     assert any(".lora_A." in k for k in tensors) and any(k.startswith("decode_head.") for k in tensors)
     assert any(k.startswith("neck.") for k in tensors)
     config = json.loads((tmp_path / ADAPTER_CONFIG_NAME).read_text())
-    assert config["model_name"] == NAME and config["lora"]["r"] == 4 and len(config["base"]["sha256"]) == 64
-    assert "lora" not in config["model_kwargs"]
+    assert config["architecture"] == NAME and config["model_kwargs"]["lora"]["r"] == 4
+    assert len(config["base_sha256"]) == 64 and config["weights"]["pretrained"] is False
 
     fresh = segzoo.create_model(NAME, num_classes=3, **tiny)
     fresh.load_state_dict(base_state)  # the same base weights, a fresh head
@@ -251,9 +251,9 @@ def _adapter_folder_on_a_local_base(tiny, tmp_path, monkeypatch):
 
 def test_adapter_folder_records_an_absolute_base_path_and_reloads_from_anywhere(tiny, tmp_path, monkeypatch):
     model, folder = _adapter_folder_on_a_local_base(tiny, tmp_path, monkeypatch)
-    base = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())["base"]
-    assert base["checkpoint_path"] == str(tmp_path / "backbone.safetensors")
-    assert base["pretrained_tag"] is None and base["hf_hub_id"] is None  # nothing was downloaded
+    weights = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())["weights"]
+    assert weights == {"pretrained": False, "checkpoint_path": str(tmp_path / "backbone.safetensors"),
+                       "hf_hub_id": None}  # nothing was downloaded
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -52,7 +52,7 @@ def test_reload_with_shape_changing_override_names_the_keys(tiny, tmp_path):
 
 def test_saving_a_model_not_built_by_create_model_is_refused(tiny, tmp_path):
     model = segzoo.create_model("segformer_dinov2_small", num_classes=3, **tiny)
-    model.model_name = None
+    model.description = None  # as a Segmenter assembled by hand
     with pytest.raises(ValueError, match="create it with segzoo.create_model"):
         segzoo.save_pretrained(model, tmp_path)
 

@@ -209,7 +209,6 @@ def _create_segformer_mit(
     head = SegformerDecodeHead(config)
     model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
                       pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
-    model.model_name = variant
     if pretrained or checkpoint_path is not None:
         load_segformer_weights(model, checkpoint_path)
     if freeze_backbone:

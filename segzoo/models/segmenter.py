@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..description import ModelDescription
 from .._validation import positive_int
 from ..optim import embedding_param_names, encoder_group_matcher
 
@@ -62,10 +63,19 @@ class Segmenter(nn.Module):
         self.pretrained_cfg: dict[str, Any] = dict(pretrained_cfg or {})
         self.fixed_input_size = tuple(fixed_input_size) if fixed_input_size else None
         self.backbone_frozen = False  # see freeze_backbone
-        # set by segzoo.create_model: what save_pretrained writes to config.json to rebuild
-        self.model_name: str | None = None
-        self.model_kwargs: dict[str, Any] = {}
+        # set by segzoo.create_model: what rebuilds the model (config.json, adapter_config.json)
+        self.description: ModelDescription | None = None
         self._feature_info: list[dict[str, Any]] | None = None  # measured on first use
+
+    @property
+    def model_name(self) -> str | None:
+        """The registered architecture (``None`` for a model not built by ``create_model``)."""
+        return self.description.architecture if self.description is not None else None
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """The ``create_model`` keywords that rebuild the model (the description's, kept current)."""
+        return self.description.kwargs if self.description is not None else {}
 
     @property
     def default_cfg(self) -> dict[str, Any]:  # timm's older name
