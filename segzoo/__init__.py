@@ -11,6 +11,7 @@ with warnings.catch_warnings():
 from . import lora, models, optim  # noqa: F401  (models registers every model)
 from ._factory import create_model
 from .compilation import compile_model, is_compiled, uncompile_model
+from .export import export_onnx
 from ._factory import load_backbone_weights, load_pretrained
 from ._hub import HubAccessError, push_to_hub, save_pretrained
 from .compat import create_segformer_model
@@ -41,6 +42,7 @@ __all__ = [
     "compile_model",
     "create_model",
     "create_segformer_model",
+    "export_onnx",
     "get_pretrained_cfg",
     "is_compiled",
     "is_model",

@@ -3,6 +3,7 @@
     segzoo list [PATTERN] [--pretrained]
     segzoo info NAME [--num-classes K]
     segzoo bench NAME [...]       (arguments after NAME go to benchmarks/bench_models.py)
+    segzoo export NAME|FOLDER --onnx OUT.onnx [--img-size 512] [--dynamic-size]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UnknownModelError as err:
+    except (UnknownModelError, ValueError) as err:
         print(f"segzoo: {err}", file=sys.stderr)
         return 2
 
@@ -88,6 +89,20 @@ def _run_bench_script(script_args: list[str]) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from ._factory import create_model
+    from .export import export_onnx
+
+    kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
+    model = create_model(args.name, **kwargs)
+    size = tuple(args.img_size) if args.img_size else None
+    path = export_onnx(model, args.onnx, img_size=size[0] if size and len(size) == 1 else size,
+                       dynamic_size=args.dynamic_size)
+    print(f"wrote {path} (input 'image' (B, {model.in_chans}, H, W) -> 'logits' (B, {model.num_classes}, H, W); "
+          "checked against eager with ONNX Runtime)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segzoo", description="Segmentation models on ViT foundation backbones.")
     parser.add_argument("--version", action="version", version=f"segzoo {__version__}")
@@ -109,6 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --img-size 256 --batch 1")
     p.set_defaults(func=_bench)
+
+    p = commands.add_parser("export", help="write a model as ONNX, checked against eager with ONNX Runtime")
+    p.add_argument("name", help="a saved model (folder or hf-hub:org/name), or a registered name (random weights)")
+    p.add_argument("--onnx", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--img-size", type=int, nargs="+", help="traced size: H [W] (default: the model's fixed size)")
+    p.add_argument("--dynamic-size", action="store_true", help="dynamic height and width (segformer_mit_* only)")
+    p.add_argument("--num-classes", type=int, help="for a registered name: the number of classes")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -1,0 +1,64 @@
+"""ONNX export of one tiny model per backbone family and head, checked with ONNX Runtime against eager."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import segzoo
+from tests.tiny_models import TINY_MASK2FORMER, TINY_MIT, TINY_VIT
+
+pytest.importorskip("onnxruntime", reason="the export extra (pip install 'segzoo[export]')")
+
+TINY = dict(backbone_kwargs=TINY_VIT, decoder_hidden_size=32)
+
+
+@pytest.mark.parametrize("name, size, extra", [
+    ("segformer_dinov3_small", 64, {}),
+    ("upernet_dinov2_small", 56, {}),
+    ("segformer_retfound_large", 48, {}),
+    ("segformer_visionfm_base", 48, {}),
+    ("mask2former_dinov3_small", 32, TINY_MASK2FORMER),
+])
+def test_vit_families_export_at_their_size_with_a_dynamic_batch(tmp_path, name, size, extra):
+    model = segzoo.create_model(name, num_classes=3, img_size=size, **TINY, **extra).train()
+    path = segzoo.export_onnx(model, tmp_path / "model.onnx")  # checks batch 1 and 3 against eager (<= 1e-4)
+    assert path.stat().st_size > 0 and model.training  # its mode is restored
+
+
+def test_mit_exports_with_dynamic_height_and_width(tmp_path):
+    from segzoo.export import check_onnx
+
+    model = segzoo.create_model("segformer_mit_b0", num_classes=3, **TINY_MIT)
+    path = segzoo.export_onnx(model, tmp_path / "mit.onnx", img_size=64, dynamic_size=True)
+    for size in ((96, 80), (45, 77)):  # other sizes than the traced one, odd ones included
+        assert check_onnx(model, path, size) <= 1e-4
+
+
+def test_export_rules_are_named(tmp_path):
+    model = segzoo.create_model("segformer_dinov3_small", num_classes=3, **TINY)
+    with pytest.raises(ValueError, match=r"pass img_size=\.\.\."):
+        segzoo.export_onnx(model, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match="only segformer_mit_\\* models export with dynamic height and width"):
+        segzoo.export_onnx(model, tmp_path / "x.onnx", img_size=64, dynamic_size=True)
+    fixed = segzoo.create_model("segformer_dinov3_small", num_classes=3, img_size=64, **TINY)
+    with pytest.raises(ValueError, match=r"built for img_size=\(64, 64\)"):
+        segzoo.export_onnx(fixed, tmp_path / "x.onnx", img_size=128)
+
+
+def test_cli_exports_a_saved_folder(tmp_path, capsys):
+    from segzoo.cli import main
+
+    model = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT)
+    folder = segzoo.save_pretrained(model, tmp_path / "saved")
+    assert main(["export", str(folder), "--onnx", str(tmp_path / "out.onnx"), "--img-size", "64", "48"]) == 0
+    assert "checked against eager with ONNX Runtime" in capsys.readouterr().out
+    assert (tmp_path / "out.onnx").is_file()
+
+
+def test_onnx_is_imported_only_when_exporting():
+    import subprocess
+
+    program = "import sys, segzoo; assert not {'onnx', 'onnxscript', 'onnxruntime'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=300)
