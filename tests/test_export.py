@@ -62,3 +62,24 @@ def test_onnx_is_imported_only_when_exporting():
 
     program = "import sys, segzoo; assert not {'onnx', 'onnxscript', 'onnxruntime'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", program], check=True, timeout=300)
+
+
+def test_torch_export_follows_the_same_rules():
+    """torch.export itself (for runtimes other than ONNX): MiT with dynamic H/W, a ViT at its size."""
+    import torch
+
+    mit = segzoo.create_model("segformer_mit_b0", num_classes=3, **TINY_MIT).eval()
+    # Dim.AUTO: export keeps the sizes symbolic where the model allows and records its guards
+    # (a fixed Dim range asks export to prove guards such as (h - 1) // 4 + 1 != h, which it cannot)
+    dims = {"x": {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
+    program = torch.export.export(mit, (torch.randn(2, 3, 64, 64),), dynamic_shapes=dims)
+    x = torch.randn(3, 3, 72, 88)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), mit(x))
+
+    vit = segzoo.create_model("segformer_dinov2_small", num_classes=3, img_size=56, **TINY).eval()
+    program = torch.export.export(vit, (torch.randn(2, 3, 56, 56),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), vit(x))
