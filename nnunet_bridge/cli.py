@@ -5,6 +5,7 @@
     segzoo-nnunet plan 996 --model segformer_dinov3_large [--config my.yaml]
     segzoo-nnunet train 996 2d_segformer_dinov3_large 0 [--c] [--config my.yaml] [-device cpu]
     segzoo-nnunet predict -i imagesTs -o out -d 996 -c 2d_segformer_dinov3_large -f 0
+    segzoo-nnunet export -d 996 -c 2d_segformer_dinov3_large -f 0 -o model.onnx   # + model.json
     segzoo-nnunet env        # the nnUNet_extTrainer line for stock nnUNetv2_* commands
     segzoo-nnunet demo       # synthetic fundus dataset -> plan -> train on CPU -> predict -> Dice + PNG
 
@@ -132,6 +133,16 @@ def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
+    from .export import export_fold
+
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    onnx_file, facts = export_fold(args.dataset, args.configuration, fold, args.output, trainer=args.tr,
+                                   plans_identifier=args.p, checkpoint=args.chk)
+    print(f"wrote {onnx_file} (checked against the PyTorch network with ONNX Runtime) and {facts}")
+    return 0
+
+
 def _cmd_env(_args: argparse.Namespace, _rest: list[str]) -> int:
     print(f"export nnUNet_extTrainer={EXT_TRAINER_DIR}")
     return 0
@@ -196,6 +207,19 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu", "mps"],
                    help="device (default: cuda if available, else cpu)")
     r.set_defaults(handler=_cmd_predict)
+
+    x = sub.add_parser("export", allow_abbrev=False, help="a trained fold as ONNX (network + its input normalisation) "
+                                                          "and a JSON of what a deployer needs",
+                       description="Writes OUTPUT (ONNX, checked against PyTorch with ONNX Runtime) and OUTPUT.json "
+                                   "(patch size, spacing, channels and their normalisation, labels).")
+    x.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
+    x.add_argument("-c", dest="configuration", required=True, help="zoo configuration, e.g. 2d_segformer_dinov3_large")
+    x.add_argument("-f", dest="fold", required=True, help="fold 0-4 or 'all'")
+    x.add_argument("-o", dest="output", required=True, help="output .onnx file")
+    x.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer the fold was trained with (default {DEFAULT_TRAINER})")
+    x.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    x.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file (default checkpoint_final.pth)")
+    x.set_defaults(handler=_cmd_export)
 
     e = sub.add_parser("env", help="print the nnUNet_extTrainer export line for stock nnUNetv2_* commands")
     e.set_defaults(handler=_cmd_env)

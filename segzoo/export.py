@@ -20,7 +20,7 @@ from torch import nn
 
 from .backbones.mit import MiTBackbone
 
-__all__ = ["check_onnx", "export_onnx"]
+__all__ = ["check_onnx", "export_module_onnx", "export_onnx"]
 
 _TOLERANCE = 1e-4  # fp32: ONNX Runtime vs eager, max abs difference of the logits
 
@@ -48,22 +48,30 @@ def export_onnx(
             "dynamic_size=True: only segformer_mit_* models export with dynamic height and width; the ViT families "
             "fix their position-embedding (or RoPE) grid when traced, so export one file per size (img_size=...)"
         )
+    low = int(getattr(model, "min_input_size", 32)) if dynamic_size else None
+    return export_module_onnx(model, path, (model.in_chans, *size), dynamic_min_size=low, check=check)
+
+
+def export_module_onnx(module: nn.Module, path: str | os.PathLike, input_chw: tuple[int, int, int],
+                       dynamic_min_size: int | None = None, check: bool = True) -> Path:
+    """The export behind :func:`export_onnx`, for any module mapping one image batch to logits
+    (e.g. the network nnU-Net runs): traced at ``input_chw``, dynamic batch, dynamic H/W from
+    ``dynamic_min_size`` px when given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
+    was_training = module.training
+    module.eval()
     try:
-        example = torch.randn(2, model.in_chans, *size)
         dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=1024)}
-        if dynamic_size:
-            low = int(getattr(model, "min_input_size", 32))
-            dims.update({2: torch.export.Dim("height", min=low, max=8192), 3: torch.export.Dim("width", min=low, max=8192)})
-        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["image"], output_names=["logits"],
-                          dynamic_shapes={"x": dims}, verbose=False)
+        if dynamic_min_size is not None:
+            dims.update({2: torch.export.Dim("height", min=dynamic_min_size, max=8192),
+                         3: torch.export.Dim("width", min=dynamic_min_size, max=8192)})
+        torch.onnx.export(module, (torch.randn(2, *input_chw),), str(path), dynamo=True, input_names=["image"],
+                          output_names=["logits"], dynamic_shapes=(dims,), verbose=False)
         if check:
-            check_onnx(model, path, size)
+            check_onnx(module, path, input_chw[1:])
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return path
 
 
@@ -73,9 +81,10 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, img_size: tuple[int, i
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    channels = session.get_inputs()[0].shape[1]
     worst = 0.0
     for batch in (1, 3):
-        x = torch.randn(batch, model.in_chans, *img_size)
+        x = torch.randn(batch, channels, *img_size)
         with torch.no_grad():
             want = model.eval()(x)
         got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])

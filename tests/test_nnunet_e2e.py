@@ -215,6 +215,28 @@ def test_unavailable_pretrained_weights_fail_with_the_fix(nn_env, monkeypatch):
     assert resumed.current_epoch == 3
 
 
+def test_a_trained_fold_exports_to_onnx_with_its_deployment_facts(nn_env, tmp_path):
+    """segzoo-nnunet export: the network nnU-Net runs (input normalisation included) as ONNX,
+    checked against PyTorch with ONNX Runtime, and a JSON of what nnU-Net does around it."""
+    pytest.importorskip("onnxruntime", reason="the export extra")
+    import onnxruntime
+
+    env = nn_env["env"]
+    _ensure_planned(nn_env)
+    if not (_fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth").is_file():
+        _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], nn_env["train_env"])
+    out = _bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
+    assert "checked against the PyTorch network with ONNX Runtime" in out
+    facts = json.loads((tmp_path / "fold0.json").read_text())
+    plans = _plans(nn_env, RGB_ID)["configurations"][CONFIG_NAME]
+    assert facts["patch_size"] == plans["patch_size"] and facts["labels"] == _dataset_json(nn_env, RGB_ID)["labels"]
+    assert [c["normalization"] for c in facts["channels"]] == ["RGBTo01Normalization"] * 3
+    session = onnxruntime.InferenceSession(str(tmp_path / "fold0.onnx"))
+    patch = np.random.rand(2, 3, *plans["patch_size"]).astype(np.float32)  # an RGB patch scaled to [0, 1]
+    logits = session.run(None, {"image": patch})[0]
+    assert logits.shape == (2, 3, *plans["patch_size"]) and np.isfinite(logits).all()
+
+
 def test_checkpoint_path_loads_into_the_trainers_own_model(nn_env, monkeypatch, tmp_path):
     """model.checkpoint_path: the backbone file loads into the network the trainer built (LoRA'd or
     not), checked and reported, with no second model built to copy from."""

@@ -1,0 +1,78 @@
+"""Export a trained nnU-Net fold of a zoo model to ONNX, with what a deployer needs beside it.
+
+The graph is the network nnU-Net runs (:class:`~nnunet_bridge.network.ZooNetwork`): the
+backbone's mean/std applied to ``rgb_to_0_1`` / ``rescale_to_0_1`` channels, then the zoo
+model; input a preprocessed patch ``(B, C, H, W)``, output ``logits`` ``(B, K, H, W)``. The
+JSON beside it holds what nnU-Net does around the network: patch size, channel names,
+the intensity normalisation per channel (with the dataset's intensity statistics), labels
+and spacing. The file is checked against the PyTorch network with ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segzoo.export import export_module_onnx
+
+from .training.checkpoints import strip_module_prefix
+
+__all__ = ["export_fold"]
+
+
+def export_fold(dataset: str | int, configuration: str, fold: int | str, output: str | Path,
+                trainer: str = "nnUNetTrainerSegZoo", plans_identifier: str = "nnUNetPlans",
+                checkpoint: str = "checkpoint_final.pth") -> tuple[Path, Path]:
+    """Write ``output`` (ONNX) and ``output`` with ``.json`` (deployment facts); return both paths."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    folder = Path(get_output_folder(dataset, trainer, plans_identifier, configuration, fold))
+    checkpoint_file = folder / checkpoint
+    if not checkpoint_file.is_file():
+        raise FileNotFoundError(f"no {checkpoint} in {folder}: train the fold first "
+                                f"(segzoo-nnunet train {dataset} {configuration} {fold})")
+    dataset_json = json.loads((folder.parent / "dataset.json").read_text())
+    plans_manager = PlansManager(json.loads((folder.parent / "plans.json").read_text()))
+    config = plans_manager.get_configuration(configuration)
+    labels = plans_manager.get_label_manager(dataset_json)
+    channels = determine_num_input_channels(plans_manager, config, dataset_json)
+    network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                     config.network_arch_init_kwargs_req_import, channels,
+                                     labels.num_segmentation_heads, allow_init=True, deep_supervision=False)
+    saved = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    network.load_state_dict(strip_module_prefix(saved["network_weights"]))
+    output = Path(output)
+    export_module_onnx(network, output, (channels, *config.patch_size))
+    facts = _deployment_facts(plans_manager, config, dataset_json, configuration, fold, checkpoint)
+    facts_file = output.with_suffix(".json")
+    facts_file.write_text(json.dumps(facts, indent=2) + "\n")
+    return output, facts_file
+
+
+def _deployment_facts(plans_manager: Any, config: Any, dataset_json: dict, configuration: str, fold: Any,
+                      checkpoint: str) -> dict[str, Any]:
+    properties = plans_manager.plans.get("foreground_intensity_properties_per_channel", {})
+    channel_names = dataset_json.get("channel_names", dataset_json.get("modality", {}))
+    return {
+        "dataset": plans_manager.dataset_name, "configuration": configuration, "fold": fold, "checkpoint": checkpoint,
+        "input": "image (B, C, H, W): the case preprocessed as nnU-Net does (resampled to the spacing, normalised "
+                 "per channel as below), cut into patches of patch_size (sliding window)",
+        "output": "logits (B, K, H, W): argmax over K gives the label values below",
+        "patch_size": list(config.patch_size),
+        "spacing": list(config.spacing),
+        "channels": [
+            {"index": int(index), "name": name, "normalization": scheme,
+             "intensity_properties": properties.get(str(index), {})}
+            for (index, name), scheme in zip(sorted(channel_names.items(), key=lambda kv: int(kv[0])),
+                                             config.normalization_schemes)
+        ],
+        "labels": dataset_json["labels"],
+        "network_normalization": "the graph applies the backbone's mean/std itself to channels nnU-Net scales to "
+                                 "[0, 1] (RGBTo01Normalization / RescaleTo01Normalization)",
+    }
