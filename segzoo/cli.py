@@ -14,8 +14,10 @@ import runpy
 import sys
 from pathlib import Path
 
+from ._factory import create_model
 from ._version import __version__
 from ._registry import UnknownModelError, list_models, model_entrypoint
+from .export import export_onnx
 from .summary import model_summary
 
 __all__ = ["main"]
@@ -90,9 +92,6 @@ def _run_bench_script(script_args: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ._factory import create_model
-    from .export import export_onnx
-
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     model = create_model(args.name, **kwargs)
     size = tuple(args.img_size) if args.img_size else None
