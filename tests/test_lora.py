@@ -211,6 +211,8 @@ def test_lora_on_mit_is_refused_before_building_and_by_apply_lora():
     from tests.tiny_models import TINY_MIT
 
     assert not supports_lora("segformer_mit_b0") and supports_lora("segformer_dinov3_large.lvd1689m")
+    # decided from registry data: every ViT-backed model must keep saying yes (a spec without weights would not)
+    assert [m for m in segzoo.list_models() if not supports_lora(m)] == [f"segformer_mit_b{i}" for i in range(6)]
     with pytest.raises(ValueError, match=r"segformer_mit_b0 takes no lora: LoRA in segzoo adapts the ViT families"):
         segzoo.create_model("segformer_mit_b0", num_classes=2, lora=dict(r=4), **TINY_MIT)
     model = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT)
