@@ -22,6 +22,7 @@ import torch
 from transformers.models.mask2former.modeling_mask2former import Mask2FormerHungarianMatcher
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from benchmarks.results_file import append_results  # noqa: E402
 from segzoo.heads import create_mask2former_head  # noqa: E402
 from segzoo.heads.mask2former import label_map_to_mask_targets  # noqa: E402
 from segzoo.heads.mask_matching import BatchedHungarianMatcher  # noqa: E402
@@ -97,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         "matcher_speedup": match_s["transformers"] / match_s["batched"],
     }
     print(json.dumps(result, indent=1))
-    if args.json:
-        with args.json.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_results(args.json, result)
     return result
 
 

@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from benchmarks.results_file import append_results  # noqa: E402
 import segzoo  # noqa: E402
 from segzoo.compilation import repeated_blocks  # noqa: E402
 from segzoo.necks import SimpleFeaturePyramid  # noqa: E402
@@ -287,10 +288,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     results = run(args)
     print_table(results)
-    if args.json:
-        with args.json.open("a") as f:
-            for r in results:
-                f.write(json.dumps(asdict(r)) + "\n")
+    append_results(args.json, *(asdict(r) for r in results))
     return results
 
 

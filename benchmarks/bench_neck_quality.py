@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from benchmarks.results_file import append_results  # noqa: E402
 import segzoo  # noqa: E402
 from nnunet_bridge.synthetic import LABELS, fundus_case  # noqa: E402
 
@@ -51,9 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["dice"][neck] = _dice(model, test)
         print(f"{neck:8s} trained in {time.perf_counter() - start:.0f} s: Dice {result['dice'][neck]}", flush=True)
     print(json.dumps(result), flush=True)
-    if args.json:
-        with args.json.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_results(args.json, result)
     return result
 
 

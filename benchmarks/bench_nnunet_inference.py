@@ -43,6 +43,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from benchmarks.results_file import append_results  # noqa: E402
 DATASET = "Dataset999_InferenceBench"
 
 
@@ -297,11 +298,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
     results = run(args)
     for r in results:
-        line = json.dumps(asdict(r))
-        print(line)
-        if args.json is not None:
-            with args.json.open("a") as f:
-                f.write(line + "\n")
+        print(json.dumps(asdict(r)))
+    append_results(args.json, *(asdict(r) for r in results))
     print_table(results)
     return results
 

@@ -30,6 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from benchmarks.results_file import append_results  # noqa: E402
 from nnunet_bridge.synthetic import write_fundus_dataset  # noqa: E402
 
 DATASET_ID = 994
@@ -80,9 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
              "-tr", "nnUNetTrainerShortRun", "-device", args.device], env)
         result["unet_loop"] = last_throughput(fold_folder(work, "nnUNetTrainerShortRun", "2d"))
     print(json.dumps(result, indent=1), flush=True)
-    if args.json:
-        with args.json.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_results(args.json, result)
     return result
 
 

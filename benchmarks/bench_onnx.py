@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from benchmarks.results_file import append_results  # noqa: E402
 import segzoo  # noqa: E402
 
 
@@ -57,9 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
               "eager_s": round(best["eager"], 4), "onnxruntime_s": round(best["onnxruntime"], 4),
               "speedup": round(best["eager"] / best["onnxruntime"], 2)}
     print(json.dumps(result), flush=True)
-    if args.json:
-        with args.json.open("a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_results(args.json, result)
     return result
 
 

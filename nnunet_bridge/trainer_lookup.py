@@ -31,13 +31,13 @@ def find_trainer_class(name: str, nnunet_search: Callable[[str], type] | None = 
         return candidate
     if nnunet_search is None:
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as nnunet_search
-    for attempt in range(1, _SEARCH_ATTEMPTS + 1):
+    for _ in range(_SEARCH_ATTEMPTS - 1):
         try:
             return nnunet_search(name)
         except RuntimeError as err:
-            if "changed size during iteration" not in str(err) or attempt == _SEARCH_ATTEMPTS:
+            if "changed size during iteration" not in str(err):
                 raise
-    raise AssertionError("unreachable")
+    return nnunet_search(name)  # the last attempt: whatever it raises is the answer
 
 
 @contextlib.contextmanager

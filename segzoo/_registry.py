@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ._validation import did_you_mean
+
 __all__ = [
     "PretrainedCfg",
     "UnknownModelError",
@@ -156,10 +158,9 @@ def get_pretrained_cfg(name: str, allow_missing: bool = False) -> PretrainedCfg 
     if not tag:
         return next(iter(cfgs.values()))
     if tag not in cfgs:
-        close = difflib.get_close_matches(tag, list(cfgs), n=1, cutoff=0.5)
-        guess = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownModelError(
-            f"Unknown pretrained tag {tag!r} for {arch!r}{guess}; valid tags: {', '.join(cfgs)} "
+            f"Unknown pretrained tag {tag!r} for {arch!r}{did_you_mean(tag, cfgs, cutoff=0.5)}; valid tags: "
+            f"{', '.join(cfgs)} "
             f"(e.g. {next(iter(cfgs.values())).name!r})"
         )
     return cfgs[tag]

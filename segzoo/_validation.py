@@ -7,7 +7,7 @@ import inspect
 import operator
 from typing import Any, Callable, Iterable
 
-__all__ = ["accepted_keywords", "positive_int", "reject_unknown_keywords"]
+__all__ = ["accepted_keywords", "did_you_mean", "one_weights_source", "positive_int", "reject_unknown_keywords"]
 
 # create_model's own keywords, accepted by every registered model
 CREATE_MODEL_KEYWORDS = ("pretrained", "num_classes", "in_chans", "checkpoint_path", "checkpoint_format", "lora")
@@ -47,11 +47,22 @@ def reject_unknown_keywords(model_name: str, given: Iterable[str], accepted: Ite
     unknown = [k for k in given if k not in accepted]
     if not unknown:
         return
-    guesses = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
-        guesses.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    guesses = [f"{key!r}{did_you_mean(key, accepted)}" for key in unknown]
     raise TypeError(
         f"create_model({model_name!r}) got unknown keyword argument{'s' if len(unknown) > 1 else ''} "
         f"{', '.join(guesses)}; {model_name} accepts: {', '.join(accepted)}"
     )
+
+
+def did_you_mean(name: str, options: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options`` to a mistyped ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=cutoff)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def one_weights_source(pretrained: bool, checkpoint_path: Any) -> None:
+    """Published weights or a local file: asking for both is an error, not a silent choice."""
+    if pretrained and checkpoint_path is not None:
+        raise ValueError(
+            "pass either pretrained=True (download the published weights) or checkpoint_path=... (a local file), not both"
+        )

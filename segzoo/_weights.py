@@ -196,7 +196,7 @@ def load_backbone_checkpoint(
     ]
     _raise_on_problems(report, hint=_size_hint(backbone))
     result = model.load_state_dict({names[k]: v for k, v in state.items()}, strict=False)
-    left = [k for k in result.missing_keys if not _is_lora_adapter_key(k)] + list(result.unexpected_keys)
+    left = [k for k in result.missing_keys if not is_lora_adapter_key(k)] + list(result.unexpected_keys)
     assert not left, f"keys checked above did not load: {left}"  # a bug here, never a user error
     report.loaded = sorted(state)
     if verbose:
@@ -237,14 +237,20 @@ def _base_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     """
     state, names = {}, {}
     for name, tensor in model.state_dict().items():
-        if _is_lora_adapter_key(name):
+        if is_lora_adapter_key(name):
             continue
-        plain = name.replace(".base_layer.", ".")
+        plain = plain_state_key(name)
         state[plain], names[plain] = tensor, name
     return state, names
 
 
-def _is_lora_adapter_key(name: str) -> bool:
+def plain_state_key(name: str) -> str:
+    """A state-dict key as in the model without LoRA (peft keeps the original under ``.base_layer.``)."""
+    return name.replace(".base_layer.", ".")
+
+
+def is_lora_adapter_key(name: str) -> bool:
+    """Whether a state-dict key belongs to a LoRA adapter (``lora_A`` / ``lora_B``)."""
     return ".lora_" in name
 
 

@@ -94,9 +94,10 @@ def _run_bench_script(script_args: list[str]) -> int:
 def _export(args: argparse.Namespace) -> int:
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     model = create_model(args.name, **kwargs)
-    size = tuple(args.img_size) if args.img_size else None
-    path = export_onnx(model, args.onnx, img_size=size[0] if size and len(size) == 1 else size,
-                       dynamic_size=args.dynamic_size)
+    img_size = None  # --img-size H [W]: one side for a square
+    if args.img_size:
+        img_size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
+    path = export_onnx(model, args.onnx, img_size=img_size, dynamic_size=args.dynamic_size)
     print(f"wrote {path} (input 'image' (B, {model.in_chans}, H, W) -> 'logits' (B, {model.num_classes}, H, W); "
           "checked against eager with ONNX Runtime)")
     return 0

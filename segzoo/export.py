@@ -76,19 +76,23 @@ def export_module_onnx(module: nn.Module, path: str | os.PathLike, input_chw: tu
 
 
 def check_onnx(model: nn.Module, path: str | os.PathLike, img_size: tuple[int, int]) -> float:
-    """Max abs difference between ONNX Runtime and eager on random inputs of batch 1 and 3;
-    raises ``AssertionError`` above 1e-4."""
+    """Max abs difference between ONNX Runtime and eager (``model`` in eval mode, restored
+    after) on random inputs of batch 1 and 3; raises ``AssertionError`` above 1e-4."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     channels = session.get_inputs()[0].shape[1]
-    worst = 0.0
-    for batch in (1, 3):
-        x = torch.randn(batch, channels, *img_size)
-        with torch.no_grad():
-            want = model.eval()(x)
-        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
-        worst = max(worst, float((got - want).abs().max()))
+    was_training, worst = model.training, 0.0
+    model.eval()
+    try:
+        for batch in (1, 3):
+            x = torch.randn(batch, channels, *img_size)
+            with torch.no_grad():
+                want = model(x)
+            got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+            worst = max(worst, float((got - want).abs().max()))
+    finally:
+        model.train(was_training)
     if worst > _TOLERANCE:
         raise AssertionError(f"{path}: ONNX Runtime differs from eager by {worst:.2e} (> {_TOLERANCE:.0e})")
     return worst

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import SegformerModel
 
+from ._weights import is_lora_adapter_key, plain_state_key
 from .description import ModelDescription
 
 __all__ = [
@@ -220,12 +221,12 @@ def base_weights_sha256(model: nn.Module, exclude: set[str] | None = None) -> st
     Adapter tensors and anything in ``exclude`` are left out, and LoRA's ``base_layer.``
     is dropped from names, so a plain and a LoRA model over the same weights agree.
     """
-    exclude = {_plain_key(name) for name in exclude or ()}
+    exclude = {plain_state_key(name) for name in exclude or ()}
     digest = hashlib.sha256()
     items = [
-        (_plain_key(name), tensor)
+        (plain_state_key(name), tensor)
         for name, tensor in model.state_dict().items()
-        if name.startswith("backbone.") and _plain_key(name) not in exclude and not _is_adapter_key(name)
+        if name.startswith("backbone.") and plain_state_key(name) not in exclude and not is_lora_adapter_key(name)
     ]
     for name, tensor in sorted(items, key=lambda kv: kv[0]):
         data = tensor.detach().cpu().contiguous()
@@ -307,22 +308,13 @@ def _check_base(model: nn.Module, saved: set[str], config: dict[str, Any], direc
         )
 
 
-def _plain_key(name: str) -> str:
-    """State-dict key as in a model without LoRA."""
-    return name.replace(".base_layer.", ".")
-
-
-def _is_adapter_key(name: str) -> bool:
-    return ".lora_" in name
-
-
 def _adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapters + trainable backbone parameters + whole neck and head (buffers included)."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     return {
         name: tensor
         for name, tensor in model.state_dict().items()
-        if not name.startswith("backbone.") or _is_adapter_key(name) or name in trainable
+        if not name.startswith("backbone.") or is_lora_adapter_key(name) or name in trainable
     }
 
 

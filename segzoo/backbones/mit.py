@@ -8,7 +8,6 @@ neck and no padding: the zoo's ``segformer_mit_*`` models feed transformers'
 
 from __future__ import annotations
 
-import difflib
 
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 from transformers import SegformerConfig, SegformerModel
 
-from .._validation import positive_int
+from .._validation import did_you_mean, positive_int
 
 __all__ = ["MIT_CONFIGS", "MiTBackbone", "create_mit_backbone", "mit_segformer_config"]
 
@@ -127,9 +126,8 @@ def _check_encoder_fields(backbone_kwargs: dict[str, Any]) -> None:
         if key in _SET_BY_CREATE_MODEL:
             raise ValueError(f"backbone_kwargs[{key!r}] is set by create_model's own keyword: pass "
                              f"{_SET_BY_CREATE_MODEL[key]}=... instead")
-        close = difflib.get_close_matches(key, MIT_ENCODER_FIELDS, n=1, cutoff=0.6)
-        guess = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"backbone_kwargs[{key!r}] is not a MiT encoder field{guess}; MiT takes: "
+        raise ValueError(f"backbone_kwargs[{key!r}] is not a MiT encoder field{did_you_mean(key, MIT_ENCODER_FIELDS)}; "
+                         f"MiT takes: "
                          f"{', '.join(MIT_ENCODER_FIELDS)}")
 
 

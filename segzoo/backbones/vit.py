@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._hub import download_backbone_weights
+from .._validation import one_weights_source
 from .._weights import load_backbone_checkpoint
 from .specs import BackboneSpec, WeightsSource, default_feature_indices
 
@@ -97,10 +98,7 @@ def create_vit_backbone(
     embeddings are resampled once at build time instead of at every call, which is
     what ``torch.compile`` needs; ``None`` keeps timm's ``dynamic_img_size``.
     """
-    if pretrained and checkpoint_path is not None:
-        raise ValueError(
-            "pass either pretrained=True (download the published weights) or checkpoint_path=... (a local file), not both"
-        )
+    one_weights_source(pretrained, checkpoint_path)
     kwargs: dict[str, Any] = dict(spec.timm_kwargs)
     kwargs.update(backbone_kwargs or {})
     depth = int(kwargs.get("depth", spec.depth))

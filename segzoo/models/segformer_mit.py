@@ -22,7 +22,7 @@ from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from .._hub import hub_download
 from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
-from .._validation import accepted_keywords, positive_int, reject_unknown_keywords
+from .._validation import accepted_keywords, one_weights_source, positive_int, reject_unknown_keywords
 from .._weights import CheckpointError, LoadReport, _names, _raise_on_problems, detect_checkpoint_format, read_checkpoint
 from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
 from ..necks import IdentityNeck
@@ -197,10 +197,7 @@ def _create_segformer_mit(
     in_chans = positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
     if neck != "none":
         raise ValueError(f"{variant} has a hierarchical encoder (strides 4-32) and takes no neck; got neck={neck!r}")
-    if pretrained and checkpoint_path is not None:
-        raise ValueError(
-            "pass either pretrained=True (download the tag's weights) or checkpoint_path=... (a local file), not both"
-        )
+    one_weights_source(pretrained, checkpoint_path)
     if checkpoint_format not in (None, CHECKPOINT_FORMAT):
         raise ValueError(f"{variant} loads transformers SegFormer checkpoints only; got checkpoint_format={checkpoint_format!r}")
     config = mit_segformer_config(size, num_classes, in_chans, drop_path_rate, decoder_hidden_size, dropout,
