@@ -27,11 +27,17 @@ def export_fold(dataset: str | int, configuration: str, fold: int | str, output:
                 trainer: str = "nnUNetTrainerSegZoo", plans_identifier: str = "nnUNetPlans",
                 checkpoint: str = "checkpoint_final.pth") -> tuple[Path, Path]:
     """Write ``output`` (ONNX) and ``output`` with ``.json`` (deployment facts); return both paths."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    try:
+        dataset = maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as err:  # nnU-Net's "could not find a dataset", said without its traceback
+        raise FileNotFoundError(f"no dataset {dataset!r} in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
+                                "check the id and those environment variables") from err
     folder = Path(get_output_folder(dataset, trainer, plans_identifier, configuration, fold))
     checkpoint_file = folder / checkpoint
     if not checkpoint_file.is_file():

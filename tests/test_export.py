@@ -83,3 +83,13 @@ def test_torch_export_follows_the_same_rules():
     x = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), vit(x))
+
+
+def test_cli_names_a_missing_size_without_a_traceback(tmp_path, capsys):
+    from segzoo.cli import main
+
+    model = segzoo.create_model("segformer_dinov3_small", num_classes=2, **TINY)
+    folder = segzoo.save_pretrained(model, tmp_path / "saved")
+    assert main(["export", str(folder), "--onnx", str(tmp_path / "out.onnx")]) == 2
+    assert "segzoo: pass img_size=..." in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()
