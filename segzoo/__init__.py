@@ -15,8 +15,8 @@ from .export import export_onnx
 from ._factory import load_backbone_weights, load_pretrained
 from ._hub import HubAccessError, push_to_hub, save_pretrained
 from .compat import create_segformer_model
+from ._pretrained import PretrainedCfg
 from ._registry import (
-    PretrainedCfg,
     UnknownModelError,
     get_pretrained_cfg,
     is_model,
@@ -24,6 +24,7 @@ from ._registry import (
     list_pretrained,
     model_entrypoint,
     register_model,
+    register_pretrained_cfgs,
 )
 from ._weights import CheckpointError, LoadReport, UnsafeCheckpointError, load_backbone_checkpoint
 from ._version import __version__
@@ -54,6 +55,7 @@ __all__ = [
     "model_entrypoint",
     "push_to_hub",
     "register_model",
+    "register_pretrained_cfgs",
     "save_pretrained",
     "uncompile_model",
 ]

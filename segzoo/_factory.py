@@ -190,7 +190,7 @@ def _load_vit_weights(model: nn.Module, backbone: ViTBackbone, checkpoint_path: 
                              "pass checkpoint_path=... (a local file)")
         spec = get_backbone_spec(spec_name)
         source = published_weights_source(spec, cfg.get("tag"))
-        checkpoint_path = download_backbone_weights(spec, source)
+        checkpoint_path = download_backbone_weights(source)
         checkpoint_format = checkpoint_format or source.checkpoint_format
     return load_backbone_checkpoint(backbone, os.fspath(checkpoint_path), checkpoint_format=checkpoint_format,
                                     verbose=verbose)

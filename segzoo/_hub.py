@@ -30,7 +30,7 @@ from ._weights import CheckpointError
 from .lora import has_lora, save_lora_adapter
 
 if TYPE_CHECKING:
-    from .backbones.specs import BackboneSpec, WeightsSource
+    from ._pretrained import PretrainedCfg
 
 __all__ = [
     "CONFIG_NAME",
@@ -119,21 +119,15 @@ def push_to_hub(
         )
 
 
-def download_backbone_weights(spec: BackboneSpec, source: WeightsSource) -> str:
-    """Fetch one published backbone file into the Hugging Face cache and return its path.
+def download_backbone_weights(cfg: "PretrainedCfg") -> str:
+    """Fetch one published weights file into the Hugging Face cache and return its path.
 
     timm-hosted tags use ``timm/{arch}.{tag}``'s ``model.safetensors``; others (RETFound)
     their own repo and file. Gated, missing and offline-uncached files raise
-    :class:`HubAccessError` saying how to get access or use ``checkpoint_path``.
+    :class:`HubAccessError` saying how to get access or use ``checkpoint_path``. ``cfg`` comes
+    from :func:`~segzoo.backbones.published_weights_source`, which refuses files not on the Hub.
     """
-    repo_id, filename = source.hf_hub_id, source.hf_hub_filename
-    if repo_id is None:  # timm-hosted: timm's own pretrained config names the repo
-        import timm
-
-        timm_cfg = timm.models.get_pretrained_cfg(f"{spec.timm_arch}.{source.timm_tag}")
-        repo_id = (timm_cfg.hf_hub_id if timm_cfg else None) or f"timm/{spec.timm_arch}.{source.timm_tag}"
-    filename = filename or WEIGHTS_NAME
-    return hub_download(repo_id, filename, what=f"{spec.name} weights {source.tag!r}")
+    return hub_download(cfg.hf_hub_id, cfg.hf_hub_filename or WEIGHTS_NAME, what=f"{cfg.backbone} weights {cfg.tag!r}")
 
 
 # -- helpers ----------------------------------------------------------------------------------

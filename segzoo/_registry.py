@@ -10,9 +10,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import sys
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from ._pretrained import PretrainedCfg
 from ._validation import did_you_mean
 
 __all__ = [
@@ -27,38 +27,6 @@ __all__ = [
     "get_pretrained_cfg",
     "split_model_name_tag",
 ]
-
-
-@dataclass(frozen=True)
-class PretrainedCfg:
-    """Where a model's pretrained (backbone) weights come from and how to feed it.
-
-    ``hf_hub_id``/``hf_hub_filename`` name a Hub file; ``None`` means the weights are
-    not on the Hub (or gated) and load through ``checkpoint_path`` only.
-    """
-
-    architecture: str
-    tag: str
-    hf_hub_id: str | None = None
-    hf_hub_filename: str | None = None
-    checkpoint_format: str = "timm"
-    source: str = ""
-    license: str = ""
-    gated: bool = False
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    patch_size: int = 16
-    notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.architecture}.{self.tag}" if self.tag else self.architecture
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        out["mean"], out["std"] = list(self.mean), list(self.std)
-        return out
 
 
 class UnknownModelError(KeyError):
@@ -90,6 +58,8 @@ def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
 def register_pretrained_cfgs(cfgs: Iterable[PretrainedCfg]) -> None:
     """Register pretrained variants; the first tag registered for an architecture is its default."""
     for cfg in cfgs:
+        if not cfg.architecture:
+            raise ValueError(f"pretrained config {cfg.tag!r} names no model: register cfg.for_model(name)")
         _pretrained_cfgs.setdefault(cfg.architecture, {})[cfg.tag] = cfg
 
 

@@ -60,7 +60,7 @@ def weights_table_rows() -> list[dict]:
     rows: dict[tuple[str, str], dict] = {}
     for name in list_models(pretrained=True):
         cfg = get_pretrained_cfg(name)
-        backbone = cfg.extra.get("backbone", "")
+        backbone = cfg.backbone
         if (backbone, cfg.tag) in rows:
             continue
         family, _, size = backbone.rpartition("_")
@@ -74,7 +74,7 @@ def weights_table_rows() -> list[dict]:
             "hf_hub_id": cfg.hf_hub_id,
             "hf_hub_filename": cfg.hf_hub_filename or ("model.safetensors" if cfg.hf_hub_id else None),
             "gated": cfg.gated,
-            "timm_copy": bool(cfg.extra.get("timm_tag")),
+            "timm_copy": bool(cfg.timm_tag),
             "checkpoint_format": cfg.checkpoint_format,
             "license": cfg.license,
             "source": cfg.source,

@@ -62,6 +62,24 @@ def test_pretrained_cfg_records_source_licence_normalisation():
     assert segzoo.get_pretrained_cfg("segformer_dinov2_small").patch_size == 14
 
 
+def test_weights_have_one_record_from_backbone_spec_to_built_model():
+    """The spec's weight set, the registry's entry for each head and the model's dict are one record."""
+    spec_cfg = BACKBONES["dinov3_large"].weights[1]
+    for head in ("segformer", "upernet", "mask2former"):
+        registered = segzoo.get_pretrained_cfg(f"{head}_dinov3_large.sat493m")
+        assert isinstance(registered, segzoo.PretrainedCfg)
+        assert registered == spec_cfg.for_model(f"{head}_dinov3_large")
+    with torch.device("meta"):
+        model = segzoo.create_model("segformer_dinov3_large.sat493m", num_classes=2)
+    built = model.pretrained_cfg
+    assert {k: built[k] for k in registered.to_dict()} == registered.for_model("segformer_dinov3_large").to_dict()
+    assert built["feature_indices"] == [5, 11, 17, 23] and built["in_chans"] == 3
+    mit = segzoo.get_pretrained_cfg("segformer_mit_b0.ade20k")
+    assert (mit.weights_scope, mit.num_classes, mit.backbone) == ("full", 150, "mit_b0")
+    with pytest.raises(ValueError, match="names no model"):
+        segzoo.register_pretrained_cfgs([spec_cfg])
+
+
 def test_unknown_names_suggest_close_matches():
     with pytest.raises(segzoo.UnknownModelError, match="segformer_dinov3_large"):
         segzoo.create_model("segformer_dinov3_lrage", num_classes=2)

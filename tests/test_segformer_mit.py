@@ -204,7 +204,7 @@ def test_pretrained_tags_point_at_the_published_hub_repos():
     assert segzoo.get_pretrained_cfg("segformer_mit_b5.ade20k").hf_hub_id == "nvidia/segformer-b5-finetuned-ade-640-640"
     city = segzoo.get_pretrained_cfg("segformer_mit_b3.cityscapes")
     assert city.hf_hub_id == "nvidia/segformer-b3-finetuned-cityscapes-1024-1024"
-    assert city.checkpoint_format == "transformers_segformer" and city.extra["num_classes"] == 19
+    assert city.checkpoint_format == "transformers_segformer" and city.num_classes == 19
 
 
 def test_fine_tuned_tag_sets_class_count_and_rebuild_kwargs():

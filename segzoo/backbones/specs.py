@@ -9,37 +9,14 @@ backbone or a head").
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import timm
 
+from .._pretrained import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
 from .._validation import positive_int
 
-__all__ = ["BackboneSpec", "WeightsSource", "BACKBONES", "get_backbone_spec", "default_feature_indices"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class WeightsSource:
-    """One published set of backbone weights (a pretrained tag).
-
-    ``timm_tag`` set: timm hosts an ungated copy on the Hub and timm's own pretrained
-    config supplies hub id, mean and std. Otherwise ``hf_hub_id`` (may be gated) and/or
-    ``url`` say where users get the original file, which loads via ``checkpoint_path``.
-    """
-
-    tag: str
-    timm_tag: str | None = None
-    hf_hub_id: str | None = None
-    hf_hub_filename: str | None = None
-    url: str = ""
-    checkpoint_format: str = "timm"
-    gated: bool = False
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    notes: str = ""
+__all__ = ["BackboneSpec", "BACKBONES", "get_backbone_spec", "default_feature_indices"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +28,7 @@ class BackboneSpec:
     depth: int
     license: str
     source: str
-    weights: tuple[WeightsSource, ...] = ()
+    weights: tuple[PretrainedCfg, ...] = ()  # first = default; complete once in BACKBONES
     timm_kwargs: dict = field(default_factory=dict)
 
     @property
@@ -62,15 +39,9 @@ class BackboneSpec:
     def feature_indices(self) -> list[int]:
         return default_feature_indices(self.depth)
 
-    def normalization(self, source: WeightsSource | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """(mean, std) the weights were trained with; timm's config is the authority where it has one."""
-        source = source or (self.weights[0] if self.weights else None)
-        if source is not None and source.timm_tag:
-            cfg = timm.models.get_pretrained_cfg(f"{self.timm_arch}.{source.timm_tag}")
-            return tuple(cfg.mean), tuple(cfg.std)
-        if source is not None and source.mean is not None:
-            return source.mean, source.std
-        return IMAGENET_MEAN, IMAGENET_STD
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the default weights (ImageNet's for a family without any)."""
+        return (self.weights[0].mean, self.weights[0].std) if self.weights else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def default_feature_indices(depth: int) -> list[int]:
@@ -91,9 +62,9 @@ _VISIONFM_SOURCE = "VisionFM (Qiu et al., NEJM AI 2024; https://github.com/ABILa
 
 
 def _dinov3(size: str, depth: int) -> BackboneSpec:
-    weights = [WeightsSource("lvd1689m", timm_tag="lvd1689m")]
+    weights = [PretrainedCfg("lvd1689m", timm_tag="lvd1689m")]
     if size == "large":  # the satellite-imagery weights exist for ViT-L only
-        weights.append(WeightsSource("sat493m", timm_tag="sat493m"))
+        weights.append(PretrainedCfg("sat493m", timm_tag="sat493m"))
     return BackboneSpec(
         "dinov3", size, f"vit_{size}_patch16_dinov3", 16, depth, "dinov3-license", _DINOV3_SOURCE, tuple(weights)
     )
@@ -103,12 +74,12 @@ def _dinov2(size: str, depth: int, registers: bool) -> BackboneSpec:
     family = "dinov2_reg4" if registers else "dinov2"
     arch = f"vit_{size}_patch14_reg4_dinov2" if registers else f"vit_{size}_patch14_dinov2"
     return BackboneSpec(
-        family, size, arch, 14, depth, "apache-2.0", _DINOV2_SOURCE, (WeightsSource("lvd142m", timm_tag="lvd142m"),)
+        family, size, arch, 14, depth, "apache-2.0", _DINOV2_SOURCE, (PretrainedCfg("lvd142m", timm_tag="lvd142m"),)
     )
 
 
-def _retfound_file(tag: str, repo: str, fmt: str, notes: str) -> WeightsSource:
-    return WeightsSource(
+def _retfound_file(tag: str, repo: str, fmt: str, notes: str) -> PretrainedCfg:
+    return PretrainedCfg(
         tag,
         hf_hub_id=f"YukunZhou/{repo}",
         hf_hub_filename=f"{repo}.pth",
@@ -145,7 +116,7 @@ _BACKBONE_LIST = [
         "visionfm", "base", "vit_base_patch16_224", 16, 12,
         "see https://github.com/ABILab-CUHK/VisionFM (research use)", _VISIONFM_SOURCE,
         tuple(
-            WeightsSource(tag, url="https://github.com/ABILab-CUHK/VisionFM#pretrained-weights",
+            PretrainedCfg(tag, source="https://github.com/ABILab-CUHK/VisionFM#pretrained-weights",
                           checkpoint_format="visionfm", notes=f"VisionFM {modality} encoder ({{'teacher': ...}} file)")
             for tag, modality in (("fundus", "fundus"), ("oct", "OCT"), ("ffa", "FFA"), ("slitlamp", "slit lamp"),
                                   ("external", "external eye"), ("ubm", "UBM"), ("ultrasound", "ultrasound"),
@@ -154,7 +125,23 @@ _BACKBONE_LIST = [
     ),
 ]
 
-BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _BACKBONE_LIST}
+
+
+def _complete_weights(spec: BackboneSpec) -> BackboneSpec:
+    """Fill in what every weight set of a spec shares, and what timm knows of its own copies."""
+    weights = []
+    for cfg in spec.weights:
+        mean, std, hub_id = cfg.mean, cfg.std, cfg.hf_hub_id
+        if cfg.timm_tag:  # timm's config is the authority for its own copies
+            timm_cfg = timm.models.get_pretrained_cfg(f"{spec.timm_arch}.{cfg.timm_tag}")
+            mean, std = tuple(timm_cfg.mean), tuple(timm_cfg.std)
+            hub_id = timm_cfg.hf_hub_id or f"timm/{spec.timm_arch}.{cfg.timm_tag}"
+        weights.append(replace(cfg, backbone=spec.name, timm_arch=spec.timm_arch, hf_hub_id=hub_id, mean=mean, std=std,
+                               source=cfg.source or spec.source, license=spec.license, patch_size=spec.patch_size))
+    return replace(spec, weights=tuple(weights))
+
+
+BACKBONES: dict[str, BackboneSpec] = {spec.name: _complete_weights(spec) for spec in _BACKBONE_LIST}
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from .._hub import download_backbone_weights
+from .._pretrained import PretrainedCfg
 from .._validation import one_weights_source
 from .._weights import load_backbone_checkpoint
-from .specs import BackboneSpec, WeightsSource, default_feature_indices
+from .specs import BackboneSpec, default_feature_indices
 
 __all__ = ["ViTBackbone", "create_vit_backbone", "published_weights_source"]
 
@@ -128,20 +129,20 @@ def create_vit_backbone(
     backbone = ViTBackbone(model, indices, spec)
     if source is not None or checkpoint_path is not None:
         if source is not None:
-            checkpoint_path = download_backbone_weights(spec, source)
+            checkpoint_path = download_backbone_weights(source)
             checkpoint_format = checkpoint_format or source.checkpoint_format
         load_backbone_checkpoint(backbone, checkpoint_path, checkpoint_format=checkpoint_format)
     return backbone
 
 
-def published_weights_source(spec: BackboneSpec, tag: str | None = None) -> WeightsSource:
+def published_weights_source(spec: BackboneSpec, tag: str | None = None) -> PretrainedCfg:
     """The published weights of ``spec`` called ``tag`` (default: its first), if they can be downloaded."""
     source = next((w for w in spec.weights if w.tag == tag), None) if tag else (spec.weights[0] if spec.weights else None)
     if source is None:
         raise ValueError(f"{spec.name} has no published weights registered{f' for tag {tag!r}' if tag else ''}")
-    if source.timm_tag is None and source.hf_hub_id is None:
+    if source.hf_hub_id is None:
         raise ValueError(
             f"{spec.name} weights {source.tag!r} are not on the Hugging Face Hub; download them from "
-            f"{source.url or spec.source} and pass checkpoint_path=... (pretrained=False)"
+            f"{source.source} and pass checkpoint_path=... (pretrained=False)"
         )
     return source

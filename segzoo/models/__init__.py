@@ -24,4 +24,4 @@ def supports_lora(model_name: str) -> bool:
     (``segformer_mit_*``, transformers' own layers) fine-tunes fully instead."""
     arch, tag = split_model_name_tag(model_name)
     cfg = get_pretrained_cfg(f"{arch}.{tag}" if tag else arch, allow_missing=True)
-    return cfg is not None and cfg.extra.get("backbone") in BACKBONES
+    return cfg is not None and cfg.backbone in BACKBONES

@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from .._registry import PretrainedCfg, get_pretrained_cfg
+from .._pretrained import PretrainedCfg
+from .._registry import get_pretrained_cfg
 from .._validation import accepted_keywords, positive_int, reject_unknown_keywords
 from ..backbones import BackboneSpec, create_vit_backbone, get_backbone_spec
 from ..necks import create_neck
@@ -88,45 +89,20 @@ def build_segmenter(
 
 
 def pretrained_cfgs_for(variant: str, spec: BackboneSpec) -> list[PretrainedCfg]:
-    """One pretrained config per published weight set of the backbone (first = default)."""
-    cfgs = []
-    for source in spec.weights:
-        mean, std = spec.normalization(source)
-        hub_id = source.hf_hub_id or (f"timm/{spec.timm_arch}.{source.timm_tag}" if source.timm_tag else None)
-        cfgs.append(
-            PretrainedCfg(
-                architecture=variant,
-                tag=source.tag,
-                hf_hub_id=hub_id,
-                hf_hub_filename=source.hf_hub_filename,
-                checkpoint_format=source.checkpoint_format,
-                source=source.url or spec.source,
-                license=spec.license,
-                gated=source.gated,
-                mean=mean,
-                std=std,
-                patch_size=spec.patch_size,
-                notes=source.notes,
-                extra={"backbone": spec.name, "timm_arch": spec.timm_arch, "timm_tag": source.timm_tag},
-            )
-        )
-    return cfgs
+    """The backbone's published weight sets, registered under the model's name (first = default)."""
+    return [cfg.for_model(variant) for cfg in spec.weights]
 
 
 def _model_pretrained_cfg(spec: BackboneSpec, tag_cfg: PretrainedCfg | None, vit: nn.Module) -> dict[str, Any]:
+    """``model.pretrained_cfg``: the weight set's record plus what this build settled."""
     if tag_cfg is not None:
         cfg = tag_cfg.to_dict()
-        cfg.update(cfg.pop("extra"))
-    else:
+    else:  # a spec without published weights
         mean, std = spec.normalization()
-        cfg = {"mean": list(mean), "std": list(std), "license": spec.license, "source": spec.source}
-    cfg.update(
-        backbone=spec.name,
-        timm_arch=spec.timm_arch,
-        patch_size=vit.patch_size,
-        feature_indices=list(vit.feature_indices),
-        in_chans=vit.in_chans,
-    )
+        cfg = PretrainedCfg("", backbone=spec.name, license=spec.license, source=spec.source, mean=mean,
+                            std=std).to_dict()
+    cfg.update(timm_arch=spec.timm_arch, patch_size=vit.patch_size, feature_indices=list(vit.feature_indices),
+               in_chans=vit.in_chans)
     return adapt_normalization(cfg, vit.in_chans)
 
 

@@ -21,7 +21,8 @@ from timm.models import adapt_input_conv
 from transformers.models.segformer.modeling_segformer import SegformerDecodeHead
 
 from .._hub import hub_download
-from .._registry import PretrainedCfg, get_pretrained_cfg, register_model, register_pretrained_cfgs
+from .._pretrained import PretrainedCfg
+from .._registry import get_pretrained_cfg, register_model, register_pretrained_cfgs
 from .._validation import accepted_keywords, one_weights_source, positive_int, reject_unknown_keywords
 from .._weights import CheckpointError, LoadReport, _names, _raise_on_problems, detect_checkpoint_format, read_checkpoint
 from ..backbones.mit import MIT_CONFIGS, MiTBackbone, create_mit_backbone, mit_segformer_config
@@ -143,17 +144,17 @@ def _fit_hint(model: Segmenter, report: LoadReport) -> str:
 def _mit_pretrained_cfgs(size: str) -> list[PretrainedCfg]:
     arch = f"segformer_mit_{size}"
     ade_res = 640 if size == "b5" else 512
-    common = dict(hf_hub_filename="pytorch_model.bin", checkpoint_format=CHECKPOINT_FORMAT, source=_SOURCE,
-                  license=_LICENSE, patch_size=4)
+    common = dict(architecture=arch, backbone=f"mit_{size}", hf_hub_filename="pytorch_model.bin",
+                  checkpoint_format=CHECKPOINT_FORMAT, source=_SOURCE, license=_LICENSE, patch_size=4)
     return [
-        PretrainedCfg(arch, "in1k", hf_hub_id=f"nvidia/mit-{size}", notes="ImageNet-1k encoder; decode head fresh",
-                      extra={"backbone": f"mit_{size}", "weights_scope": "encoder"}, **common),
-        PretrainedCfg(arch, "ade20k", hf_hub_id=f"nvidia/segformer-{size}-finetuned-ade-{ade_res}-{ade_res}",
-                      notes=f"full model fine-tuned on ADE20K at {ade_res}x{ade_res} (150 classes)",
-                      extra={"backbone": f"mit_{size}", "weights_scope": "full", "num_classes": 150}, **common),
-        PretrainedCfg(arch, "cityscapes", hf_hub_id=f"nvidia/segformer-{size}-finetuned-cityscapes-1024-1024",
-                      notes="full model fine-tuned on Cityscapes at 1024x1024 (19 classes)",
-                      extra={"backbone": f"mit_{size}", "weights_scope": "full", "num_classes": 19}, **common),
+        PretrainedCfg("in1k", hf_hub_id=f"nvidia/mit-{size}", weights_scope="encoder",
+                      notes="ImageNet-1k encoder; decode head fresh", **common),
+        PretrainedCfg("ade20k", hf_hub_id=f"nvidia/segformer-{size}-finetuned-ade-{ade_res}-{ade_res}",
+                      weights_scope="full", num_classes=150,
+                      notes=f"full model fine-tuned on ADE20K at {ade_res}x{ade_res} (150 classes)", **common),
+        PretrainedCfg("cityscapes", hf_hub_id=f"nvidia/segformer-{size}-finetuned-cityscapes-1024-1024",
+                      weights_scope="full", num_classes=19,
+                      notes="full model fine-tuned on Cityscapes at 1024x1024 (19 classes)", **common),
     ]
 
 
@@ -192,7 +193,7 @@ def _create_segformer_mit(
                                                                                                "pretrained_tag")))
     tag_cfg = get_pretrained_cfg(f"{variant}.{pretrained_tag}" if pretrained_tag else variant)
     if num_classes is None and pretrained_tag:
-        num_classes = tag_cfg.extra.get("num_classes")
+        num_classes = tag_cfg.num_classes
     num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
     in_chans = positive_int("in_chans", in_chans, "1 for grey-scale (OCT, CT), 3 for RGB")
     if neck != "none":
@@ -205,7 +206,7 @@ def _create_segformer_mit(
     backbone = create_mit_backbone(config)
     head = SegformerDecodeHead(config)
     model = Segmenter(backbone, IdentityNeck(backbone.out_channels), head, num_classes,
-                      pretrained_cfg=_model_pretrained_cfg(tag_cfg, size, in_chans))
+                      pretrained_cfg=_model_pretrained_cfg(tag_cfg, in_chans))
     if pretrained or checkpoint_path is not None:
         load_segformer_weights(model, checkpoint_path)
     if freeze_backbone:
@@ -235,10 +236,9 @@ def load_segformer_weights(model: Segmenter, checkpoint_path: str | os.PathLike 
     return report
 
 
-def _model_pretrained_cfg(tag_cfg: PretrainedCfg, size: str, in_chans: int) -> dict[str, Any]:
+def _model_pretrained_cfg(tag_cfg: PretrainedCfg, in_chans: int) -> dict[str, Any]:
     cfg = tag_cfg.to_dict()
-    cfg.update(cfg.pop("extra"))
-    cfg.update(backbone=f"mit_{size}", in_chans=in_chans, pad_multiple=1, min_input_size=MiTBackbone.min_input_size)
+    cfg.update(in_chans=in_chans, pad_multiple=1, min_input_size=MiTBackbone.min_input_size)
     return adapt_normalization(cfg, in_chans)
 
 
