@@ -1,5 +1,7 @@
 """Export a trained nnU-Net fold of a zoo model to ONNX, with what a deployer needs beside it.
 
+:mod:`nnunet_bridge.onnx_predict` runs the file as ``nnUNetv2_predict`` runs the fold.
+
 The graph is the network nnU-Net runs (:class:`~nnunet_bridge.network.ZooNetwork`): the
 backbone's mean/std applied to ``rgb_to_0_1`` / ``rescale_to_0_1`` channels, then the zoo
 model; input a preprocessed patch ``(B, C, H, W)``, output ``logits`` ``(B, K, H, W)``. The
@@ -56,6 +58,10 @@ def export_fold(dataset: str | int, configuration: str, fold: int | str, output:
     output = Path(output)
     export_module_onnx(network, output, (channels, *config.patch_size))
     facts = _deployment_facts(plans_manager, config, dataset_json, configuration, fold, checkpoint)
+    facts["inference"] = {  # what nnUNetv2_predict does around the network by default
+        "tile_step_size": 0.5, "gaussian_sigma_scale": 1 / 8,
+        "mirror_axes": list(saved.get("inference_allowed_mirroring_axes") or []),
+    }
     facts_file = output.with_suffix(".json")
     facts_file.write_text(json.dumps(facts, indent=2) + "\n")
     return output, facts_file
@@ -72,11 +78,14 @@ def _deployment_facts(plans_manager: Any, config: Any, dataset_json: dict, confi
         "output": "logits (B, K, H, W): argmax over K gives the label values below",
         "patch_size": list(config.patch_size),
         "spacing": list(config.spacing),
+        "transpose_forward": list(plans_manager.transpose_forward),
+        "transpose_backward": list(plans_manager.transpose_backward),
+        "crop_to_nonzero": True,  # nnU-Net's preprocessing always crops to the nonzero bounding box
         "channels": [
-            {"index": int(index), "name": name, "normalization": scheme,
+            {"index": int(index), "name": name, "normalization": scheme, "use_mask_for_norm": bool(masked),
              "intensity_properties": properties.get(str(index), {})}
-            for (index, name), scheme in zip(sorted(channel_names.items(), key=lambda kv: int(kv[0])),
-                                             config.normalization_schemes)
+            for (index, name), scheme, masked in zip(sorted(channel_names.items(), key=lambda kv: int(kv[0])),
+                                                     config.normalization_schemes, config.use_mask_for_norm)
         ],
         "labels": dataset_json["labels"],
         "network_normalization": "the graph applies the backbone's mean/std itself to channels nnU-Net scales to "

@@ -28,7 +28,7 @@ from PIL import Image
 
 import segzoo
 
-from nnunet_bridge.synthetic import write_fundus_dataset
+from nnunet_bridge.synthetic import fundus_case, write_fundus_dataset
 from tests.tiny_models import TINY_VIT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,9 +222,7 @@ def test_a_trained_fold_exports_to_onnx_with_its_deployment_facts(nn_env, tmp_pa
     import onnxruntime
 
     env = nn_env["env"]
-    _ensure_planned(nn_env)
-    if not (_fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth").is_file():
-        _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], nn_env["train_env"])
+    _ensure_trained(nn_env)
     out = _bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
     assert "checked against the PyTorch network with ONNX Runtime" in out
     facts = json.loads((tmp_path / "fold0.json").read_text())
@@ -235,6 +233,37 @@ def test_a_trained_fold_exports_to_onnx_with_its_deployment_facts(nn_env, tmp_pa
     patch = np.random.rand(2, 3, *plans["patch_size"]).astype(np.float32)  # an RGB patch scaled to [0, 1]
     logits = session.run(None, {"image": patch})[0]
     assert logits.shape == (2, 3, *plans["patch_size"]) and np.isfinite(logits).all()
+    assert facts["inference"]["mirror_axes"] == [0, 1] and facts["crop_to_nonzero"]
+
+
+def test_onnx_runtime_predictor_reproduces_nnunetv2_predict(nn_env, tmp_path):
+    """The exported fold run by nnunet_bridge.onnx_predict (numpy + ONNX Runtime, sliding window with
+    mirroring) labels held-out images as stock nnUNetv2_predict does: >= 99.9% of pixels agree.
+    Images larger and smaller than the patch, with black corners to crop."""
+    pytest.importorskip("onnxruntime", reason="the export extra")
+    env = nn_env["env"]
+    _ensure_trained(nn_env)
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, size in enumerate((150, 97, 41)):
+        image, _ = fundus_case(size, seed=7_000 + index)
+        Image.fromarray(image).save(images / f"held_out_{index:03d}_0000.png")
+    _bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
+    ext = _bridge(["env"], env).strip().split("=", 1)[1]
+    stock = tmp_path / "stock"
+    _run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0",
+          "-tr", "nnUNetTrainerSegZoo", "-npp", "1", "-nps", "1", "-device", "cpu"], dict(env, nnUNet_extTrainer=ext))
+    ours = tmp_path / "onnx"
+    out = _run([sys.executable, "-m", "nnunet_bridge.onnx_predict", str(tmp_path / "fold0.onnx"), "-i", str(images),
+                "-o", str(ours)], env)
+    assert "[3/3]" in out
+    for index, size in enumerate((150, 97, 41)):
+        a = np.asarray(Image.open(ours / f"held_out_{index:03d}.png"))
+        b = np.asarray(Image.open(stock / f"held_out_{index:03d}.png"))
+        assert a.shape == b.shape == (size, size)
+        agreement = float((a == b).mean())
+        print(f"{size}x{size}: {agreement:.5f} of pixels agree, classes {np.unique(b).tolist()}")
+        assert agreement >= 0.999, f"{size}x{size}: only {agreement:.4%} of pixels agree with nnUNetv2_predict"
 
 
 def test_checkpoint_path_loads_into_the_trainers_own_model(nn_env, monkeypatch, tmp_path):
@@ -463,6 +492,12 @@ def _run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
 
 def _bridge(args: list[str], env: dict, expect_fail: bool = False) -> str:
     return _run([sys.executable, "-m", "nnunet_bridge.cli", *args], env, expect_fail)
+
+
+def _ensure_trained(nn_env) -> None:
+    _ensure_planned(nn_env)
+    if not (_fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth").is_file():
+        _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], nn_env["train_env"])
 
 
 def _ensure_planned(nn_env) -> None:
