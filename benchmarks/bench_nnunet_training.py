@@ -12,6 +12,7 @@ of the step nnU-Net's data loading and bookkeeping cost.
     python benchmarks/bench_nnunet_training.py --device cuda              # ViT-L at 512 (GPU)
     python benchmarks/bench_nnunet_training.py --model segformer_dinov3_small --size 64 \\
         --epochs 1 --iterations 2 --tiny                                   # a quick CPU check
+    python benchmarks/bench_nnunet_training.py --stages zoo --torchrun 1 --fold 1 --no-predict  # DDP path
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stages", nargs="+", default=["zoo", "unet"], choices=["zoo", "unet"],
                         help="zoo: plan, train and predict the zoo model; unet: train nnU-Net's own 2d U-Net")
     parser.add_argument("--tiny", action="store_true", help="a 2-block, 64-wide backbone (CPU checks)")
+    parser.add_argument("--torchrun", type=int, default=0, metavar="N",
+                        help="train the zoo model through torchrun with N processes: the DDP code path "
+                             "(1 on one GPU; with --device cpu, gloo)")
+    parser.add_argument("--fold", default="0", help="fold to train (default 0)")
+    parser.add_argument("--no-predict", action="store_true", help="skip the zoo model's prediction stage")
     parser.add_argument("--work", type=Path, default=None, help="nnU-Net folders (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also append the result to this file")
     args = parser.parse_args(argv)
@@ -99,14 +105,24 @@ def run_zoo(args: argparse.Namespace, work: Path, env: dict, result: dict) -> No
     configuration = f"2d_{args.model}"
     bridge = [sys.executable, "-m", "nnunet_bridge.cli"]
     seconds["zoo_plan"] = run_stage([*bridge, "plan", str(DATASET_ID), "--config", str(config)], env)
-    seconds["zoo_train"] = run_stage([*bridge, "train", str(DATASET_ID), configuration, "0", "-device", args.device],
-                                     env)
-    zoo_fold = fold_folder(work, "nnUNetTrainerSegZoo", configuration)
+    train = bridge
+    if args.torchrun:  # the processes torchrun starts join its process group: nnU-Net's DDP mode
+        train = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                 str(args.torchrun), "-m", "nnunet_bridge"]
+        result["torchrun_processes"] = args.torchrun
+    seconds["zoo_train"] = run_stage([*train, "train", str(DATASET_ID), configuration, args.fold, "-device",
+                                      args.device], env)
+    zoo_fold = fold_folder(work, "nnUNetTrainerSegZoo", configuration, args.fold)
     result["zoo_loop"] = last_throughput(zoo_fold)
-    result["zoo_compiled"] = "Compiling the zoo model regionally" in latest_log(zoo_fold)
+    log = latest_log(zoo_fold)
+    result["zoo_compiled"] = "Compiling the zoo model regionally" in log
+    if args.torchrun:
+        result["zoo_ddp"] = "DistributedDataParallel over" in log
+    if args.no_predict:
+        return
     images = next((work / "raw").glob("Dataset*")) / "imagesTs"
     seconds["zoo_predict"] = run_stage([*bridge, "predict", "-i", str(images), "-o", str(work / "predicted"),
-                                        "-d", str(DATASET_ID), "-c", configuration, "-f", "0",
+                                        "-d", str(DATASET_ID), "-c", configuration, "-f", args.fold,
                                         "-device", args.device], env)
     result["predicted_files"] = len(list((work / "predicted").glob("*.png")))
 
@@ -119,9 +135,9 @@ def run_stage(cmd: list[str], env: dict) -> float:
     return round(time.perf_counter() - start, 1)
 
 
-def fold_folder(work: Path, trainer: str, configuration: str) -> Path:
+def fold_folder(work: Path, trainer: str, configuration: str, fold: str = "0") -> Path:
     dataset = next((work / "results").glob(f"Dataset{DATASET_ID}_*"))
-    return dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    return dataset / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
 
 
 def latest_log(fold: Path) -> str:

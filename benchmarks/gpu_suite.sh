@@ -12,6 +12,8 @@
 #                   graph breaks, recompiles; one block's training step eager vs compiled
 #   nnunet_zoo      bench_nnunet_training: plan, preprocess, train 2d_segformer_dinov3_large
 #                   (2 x 30 iterations, compiled regionally by default), predict
+#   nnunet_ddp      bench_nnunet_training: the same model through torchrun with one process, nnU-Net's
+#                   DDP code path on one GPU (1 x 10 iterations, fold 1, no prediction)
 #   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / model, training
 #                   (with dynamo's recompile and graph-break logs)
 #   zoo_whole       bench_models: segformer_dinov3_large compiled as one graph (at most 150 s)
@@ -46,12 +48,13 @@ if [ -n "${SUITE_SMOKE:-}" ]; then
   large=segformer_dinov3_small; upernet=upernet_dinov3_small; m2f=mask2former_dinov3_small; mit=segformer_mit_b0
   size=64; batch=2; backend=aot_eager; nnunet_args=(--model segformer_dinov3_small --size 64 --cases 6 --epochs 1
     --iterations 2 --tiny --workers 1 --device cpu); m2f_args=(--batch 2 --img-size 64 --queries 8 --device cpu)
+  ddp_args=()
   echo "SMOKE RUN (tiny models on CPU): the figures mean nothing" | tee -a "$out/suite.log"
 else
   device=cuda; tiny='{}'; tiny_mit='{}'
   large=segformer_dinov3_large; upernet=upernet_dinov3_large; m2f=mask2former_dinov3_large; mit=segformer_mit_b5
   size=512; batch=8; backend=inductor; nnunet_args=(--device cuda --workers 12 --batch "$batch" --cases 12 --iterations 30)
-  m2f_args=(--batch 8 --img-size 512 --device cuda)
+  m2f_args=(--batch 8 --img-size 512 --device cuda); ddp_args=(--epochs 1 --iterations 10)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 fi
 "$python" -c "import torch, timm, transformers; print('torch', torch.__version__, 'timm', timm.__version__,
@@ -89,6 +92,7 @@ if [ -n "${SUITE_SMOKE:-}" ]; then check+=(--batch 2); else
   check+=(--model "$large" --batch "$batch" --amp bf16 --model-kwargs '{}'); fi
 stage compile_check 60 "${check[@]}"
 stage nnunet_zoo 220 "${nnunet[@]}" --stages zoo
+stage nnunet_ddp 80 "${nnunet[@]}" --stages zoo --torchrun 1 --fold 1 --no-predict ${ddp_args[@]+"${ddp_args[@]}"}
 stage zoo_segformer 70 env TORCH_LOGS=recompiles,graph_breaks "${bench[@]}" --models "$large" --measure train \
   --variants backbone model --compile-modes eager regional --model-kwargs "$tiny"
 stage zoo_whole 150 "${bench[@]}" --models "$large" --variants backbone model --compile-modes whole \

@@ -3,7 +3,8 @@
 ::
 
     segzoo-nnunet plan 996 --model segformer_dinov3_large [--config my.yaml]
-    segzoo-nnunet train 996 2d_segformer_dinov3_large 0 [--c] [--config my.yaml] [-device cpu]
+    segzoo-nnunet train 996 2d_segformer_dinov3_large 0 [--c] [--config my.yaml] [-device cpu] [-num_gpus 4]
+    torchrun --nproc-per-node 8 -m nnunet_bridge train 996 2d_segformer_dinov3_large 0   # DDP, any number of machines
     segzoo-nnunet predict -i imagesTs -o out -d 996 -c 2d_segformer_dinov3_large -f 0
     segzoo-nnunet export -d 996 -c 2d_segformer_dinov3_large -f 0 -o model.onnx   # + model.json
     segzoo-nnunet env        # the nnUNet_extTrainer line for stock nnUNetv2_* commands
@@ -107,13 +108,11 @@ def _cmd_train(args: argparse.Namespace, _rest: list[str]) -> int:
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
 
-    from nnunetv2.run.run_training import run_training
+    from .distributed import TrainingRun, launch_training
 
-    from .trainer_lookup import bridge_trainers_resolved
-
-    with bridge_trainers_resolved():
-        run_training(args.dataset, configuration, args.fold, args.tr, args.p, None, args.num_gpus,
-                     args.npz, args.c, args.val, args.disable_checkpointing, args.val_best, device=device)
+    run = TrainingRun(args.dataset, configuration, args.fold, args.tr, args.p, device.type, args.c, args.val,
+                      args.disable_checkpointing, args.val_best, args.npz)
+    launch_training(run, num_gpus=args.num_gpus)  # one process, torchrun's, or -num_gpus spawned ones
     return 0
 
 
@@ -189,7 +188,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     t.add_argument("-pretrained_weights", help="nnU-Net checkpoint of the same zoo model to start from; "
                                                "a different number of classes re-initialises the head")
-    t.add_argument("-num_gpus", type=int, default=1, help="GPUs for DDP training (CUDA only)")
+    t.add_argument("-num_gpus", type=int, default=None,
+                   help="train data-parallel in N processes on this machine, one per GPU (with -device cpu: "
+                        "N CPU processes on gloo); under torchrun leave it out")
     t.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu", "mps"],
                    help="device (default: cuda if available, else cpu)")
     t.add_argument("--c", action="store_true", help="continue from the latest checkpoint")

@@ -4,6 +4,8 @@ The network comes from the plans (``segzoo-nnunet plan``), so stock ``nnUNetv2_t
 and ``nnUNetv2_predict`` work with this trainer. It is put together, nnU-Net style, from
 pieces that each override one concern (``nnunet_bridge/training/``):
 
+- :class:`~nnunet_bridge.training.data_parallel.DataParallelTraining`: nnU-Net's DDP mode on
+  each process's own GPU, or on the CPU with gloo, wrapped after the compile;
 - :class:`~nnunet_bridge.training.compilation.CompilesRegionally`: regional ``torch.compile``
   on CUDA by default, eager again if the first step fails to compile;
 - :class:`~nnunet_bridge.training.optimisation.AdamWWarmupPoly`: AdamW with LoRA-aware
@@ -35,6 +37,7 @@ from .throughput import LogsTrainingThroughput
 from .files import write_atomic
 from .training.checkpoints import CheckpointLayoutError
 from .training.compilation import COMPILE_ENV, CompilesRegionally
+from .training.data_parallel import DataParallelTraining
 from .training.initial_weights import PRETRAINED_WEIGHTS_ENV, ZooInitialWeights
 from .training.losses import SetPredictionLoss
 from .training.optimisation import AdamWWarmupPoly
@@ -53,8 +56,8 @@ CONFIG_ENV = "SEGZOO_NNUNET_CONFIG"  # a YAML whose train section overrides the 
 CONFIG_FILENAME = "segzoo_config.yaml"
 
 
-class nnUNetTrainerSegZoo(LogsTrainingThroughput, CompilesRegionally, AdamWWarmupPoly, SetPredictionLoss,
-                          ZooInitialWeights):
+class nnUNetTrainerSegZoo(LogsTrainingThroughput, DataParallelTraining, CompilesRegionally, AdamWWarmupPoly,
+                          SetPredictionLoss, ZooInitialWeights):
     """Trains the zoo model that the configuration's plans name (see ``nnunet_bridge.plans``)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

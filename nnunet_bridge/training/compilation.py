@@ -7,6 +7,9 @@ import warnings
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
 
 from segzoo import compile_model, is_compiled, uncompile_model
 
@@ -20,8 +23,9 @@ COMPILE_ENV = "nnUNet_compile"  # nnU-Net's own switch: t/true/1 or f/false/0
 
 class CompilesRegionally(ZooTrainerBase):
     """Instead of nnU-Net's whole-network compile: each encoder block, then neck and head, in
-    place (:func:`segzoo.compile_model`), once training starts. The first training step, the
-    first validation step and the final validation fall back to eager if compiling fails."""
+    place (:func:`segzoo.compile_model`), once training starts (before a DDP wrap). The first
+    training step, the first validation step and the final validation fall back to eager if
+    compiling fails; in a DDP run, on every rank if it fails on any."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         self._compiled_steps_checked: set[str] = set()  # steps past their first run (compiled or eager)
@@ -71,23 +75,85 @@ class CompilesRegionally(ZooTrainerBase):
 
     def _with_eager_fallback(self, what: str, step: Callable[..., Any], *args: Any) -> Any:
         """Run ``step``; if the first compiled run of this kind of step fails, warn once, make
-        the model eager again and rerun it. An error that eager also raises is not compile's."""
+        the model eager again and rerun it. An error that eager also raises is not compile's.
+        In a DDP run every rank decides together (:meth:`_check_compiles_on_every_rank`)."""
         if what in self._compiled_steps_checked:
             return step(*args)
-        model = self._bare_network().model
-        if not is_compiled(model):  # eager run: decided once, not by walking the modules every step
+        if not is_compiled(self._bare_network().model):  # eager: decided once, not by walking modules each step
+            self._compiled_steps_checked.add(what)
+            return step(*args)
+        if self.is_ddp:
+            self._check_compiles_on_every_rank(what)
             self._compiled_steps_checked.add(what)
             return step(*args)
         try:
             result = step(*args)
         except Exception as err:  # noqa: BLE001 - any compiler failure; a real bug re-raises eagerly below
-            first_line = (str(err).strip().splitlines() or [""])[0][:300]
-            message = (f"torch.compile failed at the first {what} ({type(err).__name__}: {first_line}); "
-                       f"training continues eager. Set {COMPILE_ENV}=f to skip compiling")
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            self.print_to_log_file(message)
-            uncompile_model(model)
-            self.optimizer.zero_grad(set_to_none=True)
+            self._fall_back_to_eager(what, _described(err))
             result = step(*args)
         self._compiled_steps_checked.add(what)
         return result
+
+    def _check_compiles_on_every_rank(self, what: str) -> None:
+        """DDP: a rank falling back alone would rerun its step while the others wait inside a
+        collective of theirs (DDP's gradient all-reduce, the Dice loss's gather). So the first
+        compiled run of each kind of step is tried beforehand, on the bare network, without the
+        loss or an optimizer step, and one all-reduce tells every rank whether any failed: then
+        all go eager. (SyncBatchNorm's own collective stays in the tried forward.)"""
+        error = None
+        try:
+            self._try_compiled_forward(what)
+        except Exception as err:  # noqa: BLE001 - any compiler failure; eager re-raises a real bug in the step
+            error = err
+        failed = torch.tensor([int(error is not None)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failed.item():
+            self._fall_back_to_eager(what, _described(error) if error is not None else "on another rank")
+
+    def _try_compiled_forward(self, what: str) -> None:
+        """The compiled graphs ``what`` runs (forward, and backward for training), on zeros of the
+        step's shape, leaving weights, BatchNorm statistics and gradients as they were."""
+        network = self._bare_network()
+        training = what == "training step"
+        batch = 1 if what == "final validation" else self.batch_size
+        x = torch.zeros((batch, self.num_input_channels, *self.configuration_manager.patch_size), device=self.device)
+        buffers = {name: b.clone() for name, b in network.named_buffers()}
+        was_training = network.training
+        network.train(training)
+        try:
+            grad_mode = torch.enable_grad() if training else \
+                torch.inference_mode() if what == "final validation" else torch.no_grad()
+            with grad_mode, (autocast(self.device.type) if self.device.type == "cuda" else dummy_context()):
+                output = network(x)
+            if training:
+                sum(t.float().sum() for t in _tensors(output) if t.requires_grad).backward()
+        finally:
+            network.train(was_training)
+            with torch.no_grad():
+                for name, b in network.named_buffers():
+                    b.copy_(buffers[name])
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def _fall_back_to_eager(self, what: str, reason: str) -> None:
+        message = (f"torch.compile failed at the first {what} ({reason}); training continues eager. "
+                   f"Set {COMPILE_ENV}=f to skip compiling")
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        self.print_to_log_file(message)
+        uncompile_model(self._bare_network().model)
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _described(err: BaseException) -> str:
+    first_line = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {first_line}"
+
+
+def _tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor in a model output (a tensor, or dicts / lists / tuples of them, as Mask2Former's)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors(item)]
+    return []
