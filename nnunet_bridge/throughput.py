@@ -19,6 +19,10 @@ class LogsTrainingThroughput:
 
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
+        if dist.is_available() and dist.is_initialized():
+            # start every rank's clock together: rank 0 has just written checkpoints and the
+            # progress curve, which the others would count as their own training time
+            dist.barrier()
         self._train_epoch_started = time.perf_counter()
 
     def on_train_epoch_end(self, train_outputs: list[dict]) -> None:

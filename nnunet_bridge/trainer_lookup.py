@@ -6,7 +6,8 @@ reading each module's ``__file__``. In a process that already holds torch with C
 transformers and timm, one of those reads can import another module, and the walk fails
 with ``RuntimeError: dictionary changed size during iteration`` (seen with nnunetv2 2.8.1
 and torch 2.11 on CUDA). The bridge knows its own classes, so ``segzoo-nnunet train`` and
-``predict`` resolve them directly; any other name still goes to nnU-Net's search, retried
+``predict`` resolve them directly (train also in each DDP process it or torchrun starts,
+:mod:`nnunet_bridge.distributed`); any other name still goes to nnU-Net's search, retried
 after that one failure (the next walk finds the modules the failed one imported).
 """
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -35,7 +36,7 @@ class CpuSyncBatchNorm(_BatchNorm):
         dims = [0, *range(2, input.dim())]
         count = input.new_full((1,), input.numel() // channels)
         local = torch.cat([input.sum(dims), (input * input).sum(dims), count])
-        total = dist_nn.all_reduce(local, group=self.process_group or dist.group.WORLD)
+        total = _SummedOverRanks.apply(local, self.process_group or dist.group.WORLD)
         n = total[-1]
         mean = total[:channels] / n
         var = total[channels:2 * channels] / n - mean * mean  # biased: what the batch is normalised with
@@ -50,6 +51,24 @@ class CpuSyncBatchNorm(_BatchNorm):
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out
+
+
+class _SummedOverRanks(torch.autograd.Function):
+    """``all_reduce(SUM)`` with a gradient: each rank's input feeds every rank's output, so
+    the gradient of an input is the sum of all ranks' output gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 def let_sync_batchnorm_run_on_cpu(module: nn.Module) -> int:
