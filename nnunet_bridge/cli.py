@@ -67,7 +67,18 @@ def resolve_training_configuration(dataset: str, configuration: str, config_path
         return configuration
     config = load_config(config_path)
     name = None if existing is not None else configuration
+    _refuse_planning_in_each_torchrun_process(configuration)
     return plan(dataset, config, configuration_name=name, plans_identifier=plans_identifier)
+
+
+def _refuse_planning_in_each_torchrun_process(configuration: str) -> None:
+    from .config import ConfigError
+    from .distributed import torchrun_place
+
+    if torchrun_place() is not None:  # every process would write the plans file at once
+        raise ConfigError(f"{configuration!r} is not a planned zoo configuration, and under torchrun each process "
+                          "would plan it; run `segzoo-nnunet plan DATASET --config FILE` once, then torchrun the "
+                          "training of the configuration it names")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -110,8 +121,10 @@ def _cmd_train(args: argparse.Namespace, _rest: list[str]) -> int:
 
     from .distributed import TrainingRun, launch_training
 
-    run = TrainingRun(args.dataset, configuration, args.fold, args.tr, args.p, device.type, args.c, args.val,
-                      args.disable_checkpointing, args.val_best, args.npz)
+    run = TrainingRun(args.dataset, configuration, args.fold, trainer=args.tr, plans_identifier=args.p,
+                      device=device.type, continue_training=args.c, only_validation=args.val,
+                      disable_checkpointing=args.disable_checkpointing, val_best=args.val_best,
+                      save_probabilities=args.npz)
     launch_training(run, num_gpus=args.num_gpus)  # one process, torchrun's, or -num_gpus spawned ones
     return 0
 

@@ -135,6 +135,8 @@ def test_a_batch_that_does_not_divide_among_the_ranks_is_refused():
     check_batch_divides(8, 4)
     with pytest.raises(ConfigError, match=r"batch size 6 does not divide among 4 processes.*e\.g\. 4 or 8"):
         check_batch_divides(6, 4)
+    with pytest.raises(ConfigError, match=r"batch size 3 does not divide among 4 processes.*\(e\.g\. 4\)"):
+        check_batch_divides(3, 4)
 
 
 def _sync_bn_worker(rank: int, port: int) -> None:

@@ -125,8 +125,9 @@ class CompilesRegionally(ZooTrainerBase):
                 torch.inference_mode() if what == "final validation" else torch.no_grad()
             with grad_mode, (autocast(self.device.type) if self.device.type == "cuda" else dummy_context()):
                 output = network(x)
-            if training:
-                sum(t.float().sum() for t in _tensors(output) if t.requires_grad).backward()
+            trainable = [t.float().sum() for t in _tensors(output) if t.requires_grad]
+            if training and trainable:  # any scalar of the outputs runs the compiled backward graphs
+                torch.stack(trainable).sum().backward()
         finally:
             network.train(was_training)
             with torch.no_grad():

@@ -81,11 +81,12 @@ def process_device(requested: torch.device) -> torch.device:
 def check_batch_divides(batch_size: int, world_size: int) -> None:
     """Each process trains ``batch_size / world_size`` images per step; refuse what does not divide."""
     if batch_size % world_size:
-        smaller = batch_size - batch_size % world_size
+        below = batch_size - batch_size % world_size
+        examples = " or ".join(str(b) for b in (below, below + world_size) if b)
         raise ConfigError(
             f"the batch size {batch_size} does not divide among {world_size} processes; set train.batch_size "
-            f"to a multiple of {world_size} (e.g. {smaller or world_size} or {smaller + world_size}) in the "
-            f"--config YAML, or start a number of processes that divides {batch_size}"
+            f"to a multiple of {world_size} (e.g. {examples}) in the --config YAML, or start a number of "
+            f"processes that divides {batch_size}"
         )
 
 
