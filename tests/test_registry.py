@@ -21,7 +21,7 @@ def test_list_models_sorted_and_filtered():
     assert "segformer_retfound_dinov2_large" in names
     assert all(n.startswith("segformer_") for n in names)
     assert segzoo.list_models("*visionfm*") == [
-        "mask2former_visionfm_base", "segformer_visionfm_base", "upernet_visionfm_base"
+        "dpt_visionfm_base", "mask2former_visionfm_base", "segformer_visionfm_base", "upernet_visionfm_base"
     ]
     assert segzoo.list_models(["segformer_*dinov3_small", "segformer_*visionfm*"]) == [
         "segformer_dinov3_small", "segformer_visionfm_base"
@@ -65,7 +65,7 @@ def test_pretrained_cfg_records_source_licence_normalisation():
 def test_weights_have_one_record_from_backbone_spec_to_built_model():
     """The spec's weight set, the registry's entry for each head and the model's dict are one record."""
     spec_cfg = BACKBONES["dinov3_large"].weights[1]
-    for head in ("segformer", "upernet", "mask2former"):
+    for head in ("segformer", "upernet", "mask2former", "dpt"):
         registered = segzoo.get_pretrained_cfg(f"{head}_dinov3_large.sat493m")
         assert isinstance(registered, segzoo.PretrainedCfg)
         assert registered == spec_cfg.for_model(f"{head}_dinov3_large")
@@ -115,7 +115,7 @@ def test_every_registered_model_builds_at_full_size_on_meta(name):
     assert model.patch_size == spec.patch_size
 
 
-HEADS = ("segformer", "upernet", "mask2former")
+HEADS = ("segformer", "upernet", "mask2former", "dpt")
 
 
 @pytest.mark.parametrize("spec_name", sorted(BACKBONES))

@@ -2,7 +2,7 @@
 
 from .._registry import get_pretrained_cfg, split_model_name_tag
 from ..backbones import BACKBONES
-from . import mask2former, segformer, segformer_mit, upernet
+from . import dpt, mask2former, segformer, segformer_mit, upernet
 from ._builder import build_segmenter
 from .mask_classification import MaskClassificationSegmenter
 from .segmenter import Segmenter
@@ -11,6 +11,7 @@ __all__ = [
     "MaskClassificationSegmenter",
     "Segmenter",
     "build_segmenter",
+    "dpt",
     "supports_lora",
     "mask2former",
     "segformer",
