@@ -15,6 +15,7 @@ MASK2FORMER_TINY = dict(TINY_MASK2FORMER, decoder_hidden_size=32)
     ("segformer_dinov3_base", 64, {}),
     ("segformer_dinov2_small", 70, {}),
     ("upernet_dinov3_base", 64, {"decoder_hidden_size": 64}),
+    ("dpt_dinov2_small", 42, {}),
     ("mask2former_dinov3_base", 64, MASK2FORMER_TINY),
 ])
 @pytest.mark.parametrize("mode", ["eval", "train"])

@@ -72,6 +72,7 @@ def _assert_matches_eager(model: nn.Module, mode: str, x: torch.Tensor, train: b
     ("segformer_dinov3_base", 48),       # odd token grid: the pyramid's half-resolution level pads
     ("segformer_dinov2_small", 70),      # patch 14, padded input
     ("upernet_dinov3_base", 64),
+    ("dpt_dinov3_base", 48),             # odd token grid: DPT's fusion resamples its residuals
     ("mask2former_dinov3_base", 64),
     ("segformer_mit_b0", 64),
 ])

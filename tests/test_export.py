@@ -17,6 +17,7 @@ TINY = dict(backbone_kwargs=TINY_VIT, decoder_hidden_size=32)
 @pytest.mark.parametrize("name, size, extra", [
     ("segformer_dinov3_small", 64, {}),
     ("upernet_dinov2_small", 56, {}),
+    ("dpt_dinov2_reg4_small", 42, {}),
     ("segformer_retfound_large", 48, {}),
     ("segformer_visionfm_base", 48, {}),
     ("mask2former_dinov3_small", 32, TINY_MASK2FORMER),
