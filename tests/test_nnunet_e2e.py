@@ -346,6 +346,40 @@ def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkey
         trainer.initialize()
 
 
+def test_dpt_plans_trains_and_predicts_through_nnunets_own_predictor(nn_env, monkeypatch, tmp_path):
+    """Another head by name only: `plan --model dpt_...`, a training step and a checkpoint,
+    then nnU-Net's predictor (in process, finding the trainer through nnUNet_extTrainer)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    from nnunet_bridge import EXT_TRAINER_DIR
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    monkeypatch.setenv("nnUNet_extTrainer", EXT_TRAINER_DIR)
+    _bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"]), "--model", "dpt_dinov3_small"], nn_env["env"])
+    name = "2d_dpt_dinov3_small"
+    trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False), name, 0,
+                                  _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
+    trainer.initialize()
+    assert trainer.network.model.model_name == "dpt_dinov3_small"
+    assert np.isfinite(trainer.train_step(_batch())["loss"])
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, "checkpoint_final.pth"))
+    # what nnU-Net's trainer writes at the start of a full run, and its predictor reads
+    model_folder = Path(trainer.output_folder_base)
+    (model_folder / "plans.json").write_text(json.dumps(trainer.plans_manager.plans))
+    (model_folder / "dataset.json").write_text(json.dumps(trainer.dataset_json))
+
+    predictor = nnUNetPredictor(tile_step_size=1.0, use_mirroring=False, perform_everything_on_device=False,
+                                device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(0,))
+    images = Path(nn_env["env"]["nnUNet_raw"]) / f"Dataset{RGB_ID}_SyntheticFundus" / "imagesTs"
+    (tmp_path / "pred").mkdir()  # the sequential path writes its arguments file before creating the folder
+    predictor.predict_from_files_sequential(str(images), str(tmp_path / "pred"))
+    predictions = sorted((tmp_path / "pred").glob("*.png"))
+    assert len(predictions) == 2 and all(np.asarray(Image.open(p)).shape == (64, 64) for p in predictions)
+
+
 def _trainer_uninitialised(nn_env, monkeypatch, fold: int = 0, continue_training: bool = False):
     from nnunet_bridge.trainer import nnUNetTrainerSegZoo
 
