@@ -56,13 +56,15 @@ class ModelSection:
     """Which zoo model to build and where its backbone weights come from."""
 
     name: str = _field("", "registered zoo name, optionally with a tag; \"\" -> `{head}_{backbone}_{backbone_size}`")
-    head: str = _field("segformer", "segformer | upernet | mask2former (used when `name` is \"\")")
+    head: str = _field("segformer", "segformer | upernet | mask2former | dpt (used when `name` is \"\")")
     backbone: str = _field("dinov3", "dinov3 | dinov2 | dinov2_reg4 | retfound | retfound_dinov2 | visionfm")
     backbone_size: str = _field("large", "small | base | large | giant (the sizes the backbone family has)")
-    decoder_hidden_size: Optional[int] = _field(None, "decode head width (SegFormer's MLP, UperNet's channels); "
-                                                      "null -> the head's own default (SegFormer 256, UperNet 512)")
-    neck: Optional[str] = _field(None, "pyramid (strides 4/8/16/32) | none (four same-stride maps); "
-                                       "null -> the model's default (pyramid for ViTs; MiT takes none)")
+    decoder_hidden_size: Optional[int] = _field(None, "decode head width (SegFormer's MLP, UperNet's channels, DPT's "
+                                                      "fusion blocks); null -> the head's own default (SegFormer 256, "
+                                                      "UperNet 512, DPT 256)")
+    neck: Optional[str] = _field(None, "pyramid (strides 4/8/16/32) | dpt (the same strides, DPT's layers) | "
+                                       "none (four same-stride maps); null -> the model's default (dpt for DPT, "
+                                       "pyramid for the other ViT models; MiT takes none)")
     pretrained: bool = _field(True, "load the backbone's published weights in the trainer (never at inference)")
     pretrained_tag: str = _field("", "weights tag, e.g. \"lvd1689m\", \"sat493m\"; \"\" -> the model's default tag")
     checkpoint_path: str = _field("", "local backbone weights in their published layout (RETFound, VisionFM, "

@@ -26,7 +26,7 @@ class SetPredictionLoss(ZooTrainerBase):
                 raise ConfigError(
                     f"{type(model).__name__} {getattr(model, 'model_name', '')} trains with its own set-prediction "
                     f"loss, which cannot leave out the dataset's ignore label ({self.label_manager.ignore_label}); "
-                    "train a per-pixel head (segformer_* or upernet_*) on this dataset, or drop the ignore label"
+                    "train a per-pixel head (segformer_*, upernet_* or dpt_*) on this dataset, or drop the ignore label"
                 )
             return _ModelOwnLoss(model, per_pixel_loss)
         return per_pixel_loss
