@@ -17,6 +17,7 @@ torch/timm/transformers only (no nnunetv2, no omegaconf), so it runs on a bare G
     python benchmarks/bench_models.py                                   # CPU defaults
     python benchmarks/bench_models.py --models segformer_dinov3_large --batch 8 \
         --device cuda --amp bf16 --compile-modes eager regional --peak-tflops 989   # H100
+    python benchmarks/bench_models.py --models dpt_dinov3_large --flops-only        # params, GFLOPs: no timing
 """
 
 from __future__ import annotations
@@ -112,6 +113,23 @@ def forward_flops(module: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         module(x[:1])
     return float(counter.get_total_flops())
+
+
+def count_only(args: argparse.Namespace) -> list[dict]:
+    """Parameters and forward GFLOPs per image of the backbone alone and the zoo model, untimed
+    (one forward of one image each: what a large model on a CPU can afford)."""
+    rows = []
+    for name in args.models:
+        model = segzoo.create_model(name, num_classes=args.num_classes, **args.model_kwargs)
+        x = torch.randn(1, 3, args.img_size, args.img_size)
+        for variant, module in (("backbone", BackboneAlone(model.backbone)), ("model", model)):
+            rows.append(dict(model=name, variant=variant, img_size=args.img_size,
+                             params_m=sum(p.numel() for p in module.parameters()) / 1e6,
+                             gflops_fwd_per_img=forward_flops(module, x) / 1e9))
+            print(json.dumps(rows[-1]), flush=True)
+        print(f"{name} @ {args.img_size}: params {rows[-1]['params_m'] / rows[-2]['params_m']:.2f}x, "
+              f"forward FLOPs {rows[-1]['gflops_fwd_per_img'] / rows[-2]['gflops_fwd_per_img']:.2f}x the backbone's")
+    return rows
 
 
 def run(args: argparse.Namespace) -> list[Result]:
@@ -275,6 +293,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='extra create_model kwargs as JSON, e.g. \'{"backbone_kwargs": {"depth": 2}}\'')
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (H100 bf16: 989)")
     parser.add_argument("--json", type=Path, default=None, help="also append the JSON lines to this file")
+    parser.add_argument("--flops-only", action="store_true",
+                        help="only parameters and forward FLOPs of backbone and model (no training, no timing)")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1:
         # the first step compiles, allocates and warms caches: timing it would make every ratio noise
@@ -284,8 +304,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> list[Result]:
+def main(argv: list[str] | None = None) -> list[Result] | list[dict]:
     args = parse_args(argv)
+    if args.flops_only:
+        rows = count_only(args)
+        append_results(args.json, *rows)
+        return rows
     results = run(args)
     print_table(results)
     append_results(args.json, *(asdict(r) for r in results))
