@@ -44,6 +44,11 @@ class DPTDecodeHead(nn.Module):
         # removed, so DDP needs no find_unused_parameters and every parameter trains
         del self.fusion_stage.layers[0].residual_layer1
         self.head = DPTSemanticSegmentationHead(config)
+        if not (isinstance(self.classifier, nn.Conv2d) and self.classifier.out_channels == config.num_labels):
+            raise RuntimeError(
+                "transformers' DPTSemanticSegmentationHead no longer has its 1x1 classifier at head.head[4]; "
+                "update segzoo.heads.dpt._CLASSIFIER_INDEX for the installed transformers version"
+            )
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         projected = [conv(feature) for conv, feature in zip(self.convs, features)]

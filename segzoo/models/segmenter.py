@@ -115,7 +115,7 @@ class Segmenter(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         """The head's final per-class layer: the 1x1 ``classifier`` convolution of the
-        SegFormer and UperNet heads, Mask2Former's class-prediction linear layer (its
+        SegFormer, UperNet and DPT heads, Mask2Former's class-prediction linear layer (its
         ``num_classes + 1`` outputs end with "no object")."""
         head = self.decode_head
         if hasattr(head, "get_classifier"):
