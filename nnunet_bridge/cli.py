@@ -1,4 +1,4 @@
-"""``segzoo-nnunet plan | train | predict | env | demo``: nnU-Net v2 with any segzoo model.
+"""``segzoo-nnunet plan | train | predict | export | compare | env | demo``: nnU-Net v2 with any segzoo model.
 
 ::
 
@@ -7,6 +7,7 @@
     torchrun --nproc-per-node 8 -m nnunet_bridge train 996 2d_segformer_dinov3_large 0   # DDP, any number of machines
     segzoo-nnunet predict -i imagesTs -o out -d 996 -c 2d_segformer_dinov3_large -f 0
     segzoo-nnunet export -d 996 -c 2d_segformer_dinov3_large -f 0 -o model.onnx   # + model.json
+    segzoo-nnunet compare 996 2d_segformer_dinov3_large 2d -o report   # cross-validation table + PNG
     segzoo-nnunet env        # the nnUNet_extTrainer line for stock nnUNetv2_* commands
     segzoo-nnunet demo       # synthetic fundus dataset -> plan -> train on CPU -> predict -> Dice + PNG
 
@@ -22,6 +23,7 @@ import sys
 from typing import Sequence
 
 from . import EXT_TRAINER_DIR, ensure_ext_trainer_path
+from .compare import DEFAULT_TRAINERS
 
 __all__ = ["main", "resolve_training_configuration"]
 
@@ -155,6 +157,22 @@ def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace, _rest: list[str]) -> int:
+    from .compare import CompareError, format_text, gather, write_report
+
+    try:
+        comparison = gather(args.dataset, args.configurations, trainers=args.trainer, plans_identifier=args.p,
+                            folds=args.folds, reference=args.reference)
+        print(format_text(comparison))
+        if args.output:
+            paths = write_report(comparison, args.output, figure=not args.no_figure, case=args.case)
+            print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    except CompareError as err:
+        print(f"segzoo-nnunet compare: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_env(_args: argparse.Namespace, _rest: list[str]) -> int:
     print(f"export nnUNet_extTrainer={EXT_TRAINER_DIR}")
     return 0
@@ -176,7 +194,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="segzoo-nnunet", allow_abbrev=False,
         description="Train, continue, validate and predict segzoo models with nnU-Net v2.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{plan,train,predict,env,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{plan,train,predict,export,compare,env,demo}")
 
     p = sub.add_parser("plan", allow_abbrev=False, help="add a zoo configuration (2d_<model>) to a dataset's nnU-Net plans",
                        description="Add a configuration inheriting from '2d' whose network is a segzoo model. "
@@ -234,6 +252,28 @@ def _build_parser() -> argparse.ArgumentParser:
     x.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     x.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file (default checkpoint_final.pth)")
     x.set_defaults(handler=_cmd_export)
+
+    c = sub.add_parser("compare", allow_abbrev=False,
+                       help="cross-validation Dice of trained configurations side by side (table, paired "
+                            "differences, training cost, PNG)",
+                       description="Reads each fold's validation/summary.json under $nnUNet_results for zoo and "
+                                   "nnU-Net configurations alike; folds that are missing, still training or not "
+                                   "validated are named, not skipped silently.")
+    c.add_argument("dataset", help="dataset id or name")
+    c.add_argument("configurations", nargs="*", metavar="CONFIG",
+                   help="configurations (2d_segformer_dinov3_large, 2d, 3d_fullres) or results folder names "
+                        "(nnUNetTrainer__nnUNetPlans__2d); default: every trained run of the dataset")
+    c.add_argument("--trainer", nargs="+", default=list(DEFAULT_TRAINERS),
+                   help="trainers whose runs a bare configuration name means, first match wins "
+                        f"(default {' '.join(DEFAULT_TRAINERS)})")
+    c.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], help="folds (default 0 1 2 3 4)")
+    c.add_argument("--reference", help="run the others are paired against (default nnU-Net's 2d U-Net, "
+                                       "nnUNetTrainer__nnUNetPlans__2d, if compared; else the first)")
+    c.add_argument("-p", default="nnUNetPlans", help="plans identifier of bare configuration names")
+    c.add_argument("-o", "--output", help="report folder: comparison.md / .csv / .png, paired_differences.csv")
+    c.add_argument("--case", help="validation case to show in the picture (default: the first one all runs predicted)")
+    c.add_argument("--no-figure", action="store_true", help="write the tables only")
+    c.set_defaults(handler=_cmd_compare)
 
     e = sub.add_parser("env", help="print the nnUNet_extTrainer export line for stock nnUNetv2_* commands")
     e.set_defaults(handler=_cmd_env)

@@ -1,0 +1,500 @@
+"""``segzoo-nnunet compare``: the cross-validation results of trained configurations side by side.
+
+nnU-Net splits a dataset's training cases into the same five folds for every configuration
+(``splits_final.json``) and writes each fold's validation Dice to
+``fold_k/validation/summary.json``. :func:`gather` reads those files for zoo configurations
+(``nnUNetTrainerSegZoo__nnUNetPlans__2d_segformer_dinov3_large``) and nnU-Net's own
+(``nnUNetTrainer__nnUNetPlans__2d``, ``3d_fullres``) alike, together with what each run
+cost (epochs and seconds per epoch from the training logs, parameters from a checkpoint).
+A fold that is missing, still training, or trained but never validated is named in every
+output with the reason; it is left out of the means, never silently.
+:func:`write_report` writes the table (Markdown, CSV), the paired differences against a
+reference configuration and the picture (:mod:`nnunet_bridge.compare_plot`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+__all__ = [
+    "DEFAULT_REFERENCE",
+    "DEFAULT_TRAINERS",
+    "FOREGROUND",
+    "CompareError",
+    "Comparison",
+    "FoldResult",
+    "RunResult",
+    "gather",
+    "paired_differences",
+    "format_text",
+    "format_markdown",
+    "write_report",
+]
+
+FOREGROUND = "foreground mean"
+DEFAULT_TRAINERS = ("nnUNetTrainerSegZoo", "nnUNetTrainer")
+DEFAULT_REFERENCE = "nnUNetTrainer__nnUNetPlans__2d"  # nnU-Net's own 2d U-Net
+# a log written to within this long is taken for a run in progress (nnU-Net logs every epoch)
+_RECENT_LOG_SECONDS = 3600
+_EPOCH = re.compile(r": Epoch (\d+)\s*$")
+_EPOCH_TIME = re.compile(r": Epoch time: ([\d.]+) s")
+_NOT_PARAMETERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class CompareError(ValueError):
+    """Runs that cannot be compared as asked; the message names them and the fix."""
+
+
+@dataclass
+class FoldResult:
+    """One fold of one run: its Dice per class (when validated) or why there is none."""
+
+    fold: int
+    status: str  # "ok" | "missing" | "training" | "unvalidated"
+    detail: str = ""  # the reason, for anything but "ok"
+    dice: dict[str, float] = field(default_factory=dict)  # class name (and FOREGROUND) -> Dice
+    epoch_seconds: dict[int, float] = field(default_factory=dict)  # from the training logs
+    planned_epochs: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class RunResult:
+    """A results folder ``Trainer__Plans__configuration`` and its folds."""
+
+    trainer: str
+    plans: str
+    configuration: str
+    folder: Path
+    folds: list[FoldResult]
+    parameters: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.trainer}__{self.plans}__{self.configuration}"
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: the zoo configuration, or ``nnUNetTrainer 2d``."""
+        label = self.configuration if self.trainer == DEFAULT_TRAINERS[0] else f"{self.trainer} {self.configuration}"
+        return label if self.plans == "nnUNetPlans" else f"{label} [{self.plans}]"
+
+    def dice(self, class_name: str) -> dict[int, float]:
+        """Dice of ``class_name`` per validated fold."""
+        return {f.fold: f.dice[class_name] for f in self.folds if f.ok and class_name in f.dice}
+
+    def epochs_trained(self) -> list[int]:
+        return [len(f.epoch_seconds) for f in self.folds if f.epoch_seconds]
+
+    def seconds_per_epoch(self) -> float | None:
+        """Median over all logged epochs of all folds (the first epoch's start-up does not skew it)."""
+        times = [t for f in self.folds for t in f.epoch_seconds.values()]
+        return statistics.median(times) if times else None
+
+    def training_seconds(self) -> float:
+        """Logged epoch time summed over all folds."""
+        return sum(t for f in self.folds for t in f.epoch_seconds.values())
+
+
+@dataclass
+class Comparison:
+    """Everything ``compare`` reports, before formatting."""
+
+    dataset_name: str
+    folds: list[int]
+    runs: list[RunResult]
+    classes: list[str]  # FOREGROUND first, then the dataset's foreground classes
+    reference: RunResult | None
+
+    def problems(self) -> list[str]:
+        """One line per fold that is not in the numbers, saying why."""
+        return [f"{run.label}, fold {f.fold}: {f.detail}" for run in self.runs for f in run.folds if not f.ok]
+
+
+def gather(
+    dataset: str | int,
+    configurations: Sequence[str] = (),
+    trainers: Sequence[str] = DEFAULT_TRAINERS,
+    plans_identifier: str = "nnUNetPlans",
+    folds: Sequence[int] = (0, 1, 2, 3, 4),
+    reference: str | None = None,
+    results_folder: str | Path | None = None,
+) -> Comparison:
+    """Read the runs of ``dataset`` under ``$nnUNet_results``.
+
+    ``configurations`` are configuration names (``2d_segformer_dinov3_large``, ``2d``,
+    ``3d_fullres``; the run of the first of ``trainers`` that has one is taken) or full
+    folder names ``Trainer__Plans__configuration``; none means every run of the dataset.
+    ``reference`` (same spelling) defaults to nnU-Net's 2d U-Net when it is among the runs.
+    """
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    root = Path(results_folder or os.environ.get("nnUNet_results") or "")
+    if not str(results_folder or os.environ.get("nnUNet_results") or ""):
+        raise FileNotFoundError("nnUNet_results is not set; export it (the folder nnU-Net trained into)")
+    dataset_name = maybe_convert_to_dataset_name(dataset)
+    dataset_folder = root / dataset_name
+    available = sorted(p.name for p in dataset_folder.glob("*__*__*") if p.is_dir())
+    if not available:
+        raise FileNotFoundError(f"no trained runs of {dataset_name} under {dataset_folder}; train one first")
+    names = [_run_name(c, available, trainers, plans_identifier) for c in configurations] or available
+    if len(set(names)) != len(names):
+        raise CompareError(f"a run is named twice: {names}")
+    runs = [_read_run(dataset_folder / name, list(folds), dataset_name) for name in names]
+    ref = _reference(reference, runs, available, trainers, plans_identifier)
+    if ref is not None:  # the reference leads every table
+        runs = [ref] + [r for r in runs if r is not ref]
+    return Comparison(dataset_name, list(folds), runs, _classes(dataset_folder / names[0]), ref)
+
+
+def paired_differences(comparison: Comparison, class_name: str = FOREGROUND) -> list[dict]:
+    """Per run against the reference: Dice differences on the folds both have, and their signs."""
+    if comparison.reference is None:
+        return []
+    reference = comparison.reference.dice(class_name)
+    rows = []
+    for run in comparison.runs:
+        if run is comparison.reference:
+            continue
+        own = run.dice(class_name)
+        shared = sorted(set(own) & set(reference))
+        diffs = {k: own[k] - reference[k] for k in shared}
+        rows.append({
+            "run": run, "class": class_name, "differences": diffs,
+            "mean": statistics.fmean(diffs.values()) if diffs else math.nan,
+            "better": sum(d > 0 for d in diffs.values()), "worse": sum(d < 0 for d in diffs.values()),
+            "folds": len(diffs),
+        })
+    return rows
+
+
+def caution(num_folds: int) -> str:
+    """What a fold-wise sign count can and cannot say (no p-values pretending otherwise)."""
+    if num_folds < 2:
+        return ("One fold gives one number per configuration: there is no spread to judge a difference "
+                "against. Train more folds before reading anything into it.")
+    chance = 2 * 0.5**num_folds
+    return (f"{num_folds} folds are {num_folds} paired numbers, not {num_folds} independent experiments: the "
+            "folds share most of their training cases. Even if two configurations were equally good, all "
+            f"{num_folds} differences would have the same sign about {chance:.0%} of the time (and more often, "
+            "since the folds are correlated), so a sign count is a description, not a test. A difference "
+            "smaller than the fold-to-fold spread (the sd in the table) is no evidence either way; a held-out "
+            "test set or repeated training says more.")
+
+
+# -- text, Markdown, CSV ------------------------------------------------------------------
+
+
+def format_text(comparison: Comparison) -> str:
+    """The table as printed: one block per class, best value per column marked with '*'."""
+    lines = [f"{comparison.dataset_name}: validation Dice per fold (nnU-Net's summary.json), mean ± sd over folds",
+             "* = best in its column"]
+    width = max(len(r.label) for r in comparison.runs) + 2
+    for class_name in comparison.classes:
+        header, rows = _table(comparison, class_name, mark=lambda s: s + "*", plain=lambda s: s + " ")
+        lines += ["", class_name.ljust(width) + "".join(h.rjust(9) for h in header[1:-1]) + "  " + header[-1]]
+        for row in rows:
+            lines.append(row[0].ljust(width) + "".join(c.rjust(9) for c in row[1:-1]) + "  " + row[-1])
+    lines += _paired_text(comparison) + _cost_text(comparison) + _problems_text(comparison)
+    return "\n".join(lines)
+
+
+def format_markdown(comparison: Comparison, figure: str | None = None) -> str:
+    """The report as Markdown; the best value per column in bold."""
+    out = [f"# {comparison.dataset_name}: cross-validation comparison", "",
+           "Dice on each fold's validation cases, as nnU-Net's `validation/summary.json` has it; "
+           "mean ± sd over the validated folds. Bold: best in its column.", ""]
+    if figure:
+        out += [f"![comparison]({figure})", ""]
+    for class_name in comparison.classes:
+        header, rows = _table(comparison, class_name, mark=lambda s: f"**{s}**", plain=lambda s: s)
+        out += [f"## {class_name}", "", _md_row(header), _md_row(["---"] * len(header))]
+        out += [_md_row(row) for row in rows] + [""]
+    differences = paired_differences(comparison)
+    if differences:
+        folds = [str(k) for k in comparison.folds]
+        out += [f"## Paired differences against {comparison.reference.label}", "",
+                "Foreground-mean Dice of each configuration minus the reference's, fold by fold.", "",
+                _md_row(["configuration", *[f"fold {k}" for k in folds], "mean", "better / worse"]),
+                _md_row(["---"] * (len(folds) + 3))]
+        for row in differences:
+            cells = [_signed(row["differences"].get(int(k))) for k in folds]
+            out.append(_md_row([row["run"].label, *cells, _signed(row["mean"]),
+                                f"{row['better']} / {row['worse']} of {row['folds']}"]))
+        out += ["", caution(max(r["folds"] for r in differences)), ""]
+    out += ["## Training cost", "", _md_row(["configuration", "epochs", "s / epoch", "time (all folds)", "parameters"]),
+            _md_row(["---"] * 5)]
+    out += [_md_row(cells) for cells in _cost_rows(comparison)] + [""]
+    problems = comparison.problems()
+    out += ["## Not in the numbers", ""] + ([f"- {p}" for p in problems] or ["Every requested fold is validated."])
+    return "\n".join(out) + "\n"
+
+
+def write_report(comparison: Comparison, out_dir: str | Path, figure: bool = True, case: str | None = None) -> dict[str, Path]:
+    """Write ``comparison.md``, ``comparison.csv``, ``paired_differences.csv`` and ``comparison.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "comparison.csv", "paired_csv": out / "paired_differences.csv", "markdown": out / "comparison.md"}
+    _write_csv(comparison, paths["csv"])
+    _write_paired_csv(comparison, paths["paired_csv"])
+    if figure:
+        from .compare_plot import write_comparison_figure
+
+        paths["figure"] = write_comparison_figure(comparison, out / "comparison.png", case=case)
+    paths["markdown"].write_text(format_markdown(comparison, "comparison.png" if figure else None))
+    return paths
+
+
+# -- reading runs ----------------------------------------------------------------------
+
+
+def _run_name(name: str, available: list[str], trainers: Sequence[str], plans: str) -> str:
+    if name.count("__") == 2:
+        if name not in available:
+            raise FileNotFoundError(f"no results folder {name!r}; trained runs: {', '.join(available)}")
+        return name
+    candidates = [a for a in available if a.split("__")[1:] == [plans, name]]
+    for trainer in trainers:
+        if f"{trainer}__{plans}__{name}" in candidates:
+            return f"{trainer}__{plans}__{name}"
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        raise CompareError(f"{name!r} was trained by several trainers ({', '.join(candidates)}); name the folder "
+                         "in full or pick one with --trainer")
+    raise FileNotFoundError(f"no trained run of configuration {name!r} (plans {plans}); trained runs: "
+                            f"{', '.join(available)}")
+
+
+def _reference(reference: str | None, runs: list[RunResult], available: list[str], trainers: Sequence[str],
+               plans: str) -> RunResult | None:
+    if reference is None:
+        return next((r for r in runs if r.name == DEFAULT_REFERENCE), runs[0])
+    wanted = _run_name(reference, available, trainers, plans)
+    found = next((r for r in runs if r.name == wanted), None)
+    if found is None:
+        raise CompareError(f"the reference {reference!r} is not among the compared runs ({', '.join(r.name for r in runs)})")
+    return found
+
+
+def _read_run(folder: Path, folds: list[int], dataset_name: str) -> RunResult:
+    trainer, plans, configuration = folder.name.split("__")
+    names = _label_names(folder)
+    results = [_read_fold(folder, k, names, f"{dataset_name} {configuration}", trainer) for k in folds]
+    run = RunResult(trainer, plans, configuration, folder, results)
+    run.parameters = _parameters(folder, folds)
+    return run
+
+
+def _read_fold(folder: Path, fold: int, names: dict[str, str], what: str, trainer: str) -> FoldResult:
+    fold_dir = folder / f"fold_{fold}"
+    if not fold_dir.is_dir():
+        return FoldResult(fold, "missing", f"not trained (no {fold_dir.name} folder)")
+    seconds, last_log, finished = _read_logs(fold_dir)
+    planned = _planned_epochs(fold_dir)
+    summary = fold_dir / "validation" / "summary.json"
+    progress = f"{len(seconds)} of {planned if planned else '?'} epochs logged"
+    if summary.is_file() and not (last_log and not finished and last_log.stat().st_mtime > summary.stat().st_mtime):
+        data = json.loads(summary.read_text())
+        dice = {FOREGROUND: float(data["foreground_mean"]["Dice"])}
+        dice.update({names.get(key, key): float(value["Dice"]) for key, value in data["mean"].items()})
+        return FoldResult(fold, "ok", dice=dice, epoch_seconds=seconds, planned_epochs=planned)
+    if (fold_dir / "checkpoint_final.pth").is_file() and (finished or last_log is None):
+        return FoldResult(fold, "unvalidated", f"trained but not validated (no validation/summary.json); run "
+                                               f"`nnUNetv2_train {what} {fold} -tr {trainer} --val`",
+                          epoch_seconds=seconds, planned_epochs=planned)
+    if last_log is not None and time.time() - last_log.stat().st_mtime < _RECENT_LOG_SECONDS:
+        minutes = (time.time() - last_log.stat().st_mtime) / 60
+        return FoldResult(fold, "training", f"still training ({progress}, last log entry {minutes:.0f} min ago)",
+                          epoch_seconds=seconds, planned_epochs=planned)
+    return FoldResult(fold, "training", f"unfinished ({progress}, no log entry for an hour: stopped?); continue "
+                                        f"it with --c", epoch_seconds=seconds, planned_epochs=planned)
+
+
+def _read_logs(fold_dir: Path) -> tuple[dict[int, float], Path | None, bool]:
+    """Seconds per epoch over every training log of the fold (a later log wins for a repeated
+    epoch, as after a resume), the newest log, and whether it ends a finished run."""
+    logs = sorted(fold_dir.glob("training_log_*.txt"))  # their names are timestamps
+    seconds: dict[int, float] = {}
+    text = ""
+    for log in logs:
+        text = log.read_text(errors="replace")
+        epoch = None
+        for line in text.splitlines():
+            if match := _EPOCH.search(line):
+                epoch = int(match.group(1))
+            elif epoch is not None and (match := _EPOCH_TIME.search(line)):
+                seconds[epoch] = float(match.group(1))
+    finished = "Training done." in text or "Validation complete" in text
+    return seconds, (logs[-1] if logs else None), finished
+
+
+def _planned_epochs(fold_dir: Path) -> int | None:
+    debug = fold_dir / "debug.json"  # nnU-Net's dump of the trainer's attributes
+    try:
+        return int(json.loads(debug.read_text())["num_epochs"])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _parameters(folder: Path, folds: list[int]) -> int | None:
+    """Parameter count of the network in the first checkpoint found (weights, not buffers)."""
+    import torch
+
+    for fold in folds:
+        for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
+            path = folder / f"fold_{fold}" / name
+            if path.is_file():
+                weights = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["network_weights"]
+                return sum(v.numel() for k, v in weights.items()
+                           if v.is_floating_point() and not k.endswith(_NOT_PARAMETERS))
+    return None
+
+
+def _label_names(folder: Path) -> dict[str, str]:
+    """summary.json keys ('1', or '(1, 2)' for regions) -> label names from dataset.json."""
+    path = folder / "dataset.json"
+    if not path.is_file():
+        return {}
+    labels = json.loads(path.read_text()).get("labels", {})
+    names = {}
+    for name, value in labels.items():
+        key = str(tuple(value)) if isinstance(value, list) and len(value) > 1 else str(value[0] if isinstance(value, list) else value)
+        names[key] = name
+    return names
+
+
+def _classes(folder: Path) -> list[str]:
+    labels = json.loads((folder / "dataset.json").read_text()).get("labels", {}) if (folder / "dataset.json").is_file() else {}
+    return [FOREGROUND] + [name for name, value in labels.items() if value not in (0, [0]) and name != "ignore"]
+
+
+# -- table pieces ----------------------------------------------------------------------
+
+
+def _table(comparison: Comparison, class_name: str, mark, plain) -> tuple[list[str], list[list[str]]]:
+    folds = comparison.folds
+    header = ["configuration", *[f"fold {k}" for k in folds], "mean ± sd"]
+    columns = {k: {r.name: r.dice(class_name).get(k) for r in comparison.runs} for k in folds}
+    means = {r.name: _mean_sd(r.dice(class_name).values()) for r in comparison.runs}
+    best = {k: _best(v) for k, v in columns.items()}
+    best_mean = _best({n: m[0] for n, m in means.items()})
+    rows = []
+    for run in comparison.runs:
+        cells = [run.label]
+        for k in folds:
+            value = columns[k][run.name]
+            status = next(f.status for f in run.folds if f.fold == k)
+            text = f"{value:.3f}" if value is not None else ("-" if status == "ok" else status)
+            cells.append(mark(text) if value is not None and value == best[k] else plain(text))
+        mean, sd, n = means[run.name]
+        text = "-" if n == 0 else f"{mean:.3f}" + (f" ± {sd:.3f}" if n > 1 else "") + (f" (n={n})" if n < len(folds) else "")
+        cells.append(mark(text) if n and mean == best_mean else text)
+        rows.append(cells)
+    return header, rows
+
+
+def _mean_sd(values) -> tuple[float, float, int]:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan), len(values)
+
+
+def _best(values: dict[str, float | None]) -> float | None:
+    present = [v for v in values.values() if v is not None and not math.isnan(v)]
+    return max(present) if len(present) > 1 else None  # one value is best of nothing
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:+.3f}"
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _paired_text(comparison: Comparison) -> list[str]:
+    differences = paired_differences(comparison)
+    if not differences:
+        return []
+    lines = ["", f"Paired differences in foreground-mean Dice against {comparison.reference.label}:"]
+    for row in differences:
+        per_fold = "  ".join(f"fold {k} {d:+.3f}" for k, d in row["differences"].items())
+        lines.append(f"  {row['run'].label}: mean {_signed(row['mean'])}; better in {row['better']} and worse in "
+                     f"{row['worse']} of {row['folds']} folds ({per_fold})")
+    lines.append("  " + caution(max(r["folds"] for r in differences)))
+    return lines
+
+
+def _cost_rows(comparison: Comparison) -> list[list[str]]:
+    rows = []
+    for run in comparison.runs:
+        epochs = run.epochs_trained()
+        epochs_text = "-" if not epochs else (str(epochs[0]) if len(set(epochs)) == 1 else f"{min(epochs)}-{max(epochs)}")
+        per_epoch = run.seconds_per_epoch()
+        rows.append([run.label, epochs_text, "-" if per_epoch is None else f"{per_epoch:.1f}",
+                     _duration(run.training_seconds()),
+                     "-" if run.parameters is None else f"{run.parameters / 1e6:.2f} M"])
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _cost_text(comparison: Comparison) -> list[str]:
+    lines = ["", "Training cost (from the training logs; parameters from a checkpoint):"]
+    for label, epochs, per_epoch, hours, params in _cost_rows(comparison):
+        lines.append(f"  {label}: {epochs} epochs per fold, {per_epoch} s per epoch, {hours} over all folds, "
+                     f"{params} parameters")
+    return lines
+
+
+def _problems_text(comparison: Comparison) -> list[str]:
+    problems = comparison.problems()
+    return ["", "Not in the numbers:"] + [f"  {p}" for p in problems] if problems else []
+
+
+def _write_csv(comparison: Comparison, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "trainer", "plans", "configuration", "class",
+                         *[f"fold_{k}" for k in comparison.folds], "mean", "sd", "folds_validated"])
+        for class_name in comparison.classes:
+            for run in comparison.runs:
+                dice = run.dice(class_name)
+                mean, sd, n = _mean_sd(dice.values())
+                cells = [_csv_number(dice.get(k)) for k in comparison.folds]
+                writer.writerow([run.name, run.trainer, run.plans, run.configuration, class_name, *cells,
+                                 _csv_number(mean), _csv_number(sd), n])
+
+
+def _write_paired_csv(comparison: Comparison, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", "reference", "class", *[f"fold_{k}" for k in comparison.folds], "mean",
+                         "better", "worse", "folds"])
+        for class_name in comparison.classes:
+            for row in paired_differences(comparison, class_name):
+                cells = [_csv_number(row["differences"].get(k)) for k in comparison.folds]
+                writer.writerow([row["run"].name, comparison.reference.name, class_name, *cells,
+                                 _csv_number(row["mean"]), row["better"], row["worse"], row["folds"]])
+
+
+def _csv_number(value: float | None) -> str:
+    return "" if value is None or math.isnan(value) else repr(float(value))
