@@ -1,0 +1,252 @@
+"""Volumes through the 2d configuration, and `segzoo-nnunet compare` on the runs that makes.
+
+One module fixture writes small synthetic CT volumes (channel ``CT``) and another set named
+``zscore``, plans and preprocesses ``2d``, adds the zoo configuration to both, and trains
+fold 0 of a tiny zoo model and of nnU-Net's own 2d U-Net (nnUNetTrainer, same short budget)
+on the CT dataset (z-scored one-channel data trains in test_nnunet_e2e.py). The tests then predict volumes with both predict commands and
+compare the runs, checking every number against the summary.json files nnU-Net wrote.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from nnunet_bridge.synthetic_volumes import VOLUME_SPACING, write_ct_dataset
+from tests.tiny_models import TINY_VIT
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+CT_ID, ZSCORE_ID = 980, 981
+CT_NAME, ZSCORE_NAME = "Dataset980_SyntheticCT", "Dataset981_SyntheticMR"
+ZOO = "2d_segformer_dinov3_small"
+ZOO_RUN, UNET_RUN = f"nnUNetTrainerSegZoo__nnUNetPlans__{ZOO}", "nnUNetTrainer__nnUNetPlans__2d"
+SHAPE = (8, 64, 64)
+EPOCHS, ITERATIONS = 1, 2
+TINY_CONFIG = {
+    "model": {"name": "segformer_dinov3_small", "pretrained": False, "decoder_hidden_size": 32,
+              "kwargs": {"backbone_kwargs": dict(TINY_VIT)}},
+    "lora": {"enabled": False},
+    "train": {"num_epochs": EPOCHS, "num_iterations_per_epoch": ITERATIONS, "num_val_iterations_per_epoch": 1,
+              "warmup_epochs": 0, "save_every": 1},
+}
+
+TRAIN_SCRIPT = """
+import torch
+from nnunetv2.run.run_training import run_training
+from nnunet_bridge import ensure_ext_trainer_path
+from nnunet_bridge.baseline import train_nnunet_baseline
+from nnunet_bridge.config import load_config
+from nnunet_bridge.plans import plan
+ensure_ext_trainer_path()
+for dataset in ({ct}, {zscore}):
+    assert plan(dataset, load_config({config})) == {zoo!r}
+run_training("{ct}", {zoo!r}, 0, "nnUNetTrainerSegZoo", device=torch.device("cpu"))
+train_nnunet_baseline({ct}, 0, {epochs}, {iterations}, 1)
+""".replace("{ct}", str(CT_ID)).replace("{zscore}", str(ZSCORE_ID)).replace("{zoo!r}", repr(ZOO))
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """nnU-Net folders with the two volume datasets preprocessed and fold 0 trained."""
+    base = Path(tempfile.mkdtemp(prefix="segzoo_nnunet_volumes_"))  # private: not pruned by other pytest runs
+    try:
+        yield _train(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _train(base: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "preprocessed"),
+        nnUNet_results=str(base / "results"), nnUNet_def_n_proc="1", PYTHONPATH=str(ROOT),
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", nnUNet_compile="f",
+    )
+    env.pop("nnUNet_extTrainer", None)
+    write_ct_dataset(env["nnUNet_raw"], CT_ID, num_train=6, num_test=1, shape=SHAPE, normalization="CT")
+    write_ct_dataset(env["nnUNet_raw"], ZSCORE_ID, name="SyntheticMR", num_train=6, num_test=1, shape=SHAPE,
+                     normalization="zscore", seed=1)
+    _run(["nnUNetv2_plan_and_preprocess", "-d", str(CT_ID), str(ZSCORE_ID), "-c", "2d", "-np", "1", "-npfp", "1"],
+         env)
+    # one process plans both datasets and trains both models: a Python start costs more than the training
+    train_env = dict(env, nnUNet_n_proc_DA="0")  # augment in-process
+    _run([sys.executable, "-c", TRAIN_SCRIPT.format(config=TINY_CONFIG, epochs=EPOCHS, iterations=ITERATIONS)],
+         train_env)
+    return {"env": env, "base": base, "results": Path(env["nnUNet_results"])}
+
+
+# -- volumes through the 2d configuration ----------------------------------------------
+
+
+def test_ct_and_zscore_volumes_plan_a_one_channel_zoo_model_without_backbone_normalisation(runs):
+    for name, scheme in ((CT_NAME, "CTNormalization"), (ZSCORE_NAME, "ZScoreNormalization")):
+        plans = json.loads((Path(runs["env"]["nnUNet_preprocessed"]) / name / "nnUNetPlans.json").read_text())
+        assert plans["configurations"]["2d"]["normalization_schemes"] == [scheme]
+        zoo = plans["configurations"][ZOO]
+        # nnU-Net already standardises CT and z-scored channels: the backbone's RGB mean/std must not follow
+        assert zoo["architecture"]["arch_kwargs"]["input_normalization"] == "none"
+        assert len(zoo["patch_size"]) == 2  # slices of the volumes
+
+    fold = runs["results"] / CT_NAME / ZOO_RUN / "fold_0"
+    patch_embed = next(v for k, v in _checkpoint_weights(fold).items() if k.endswith("patch_embed.proj.weight"))
+    assert patch_embed.shape[1] == 1
+    # validation predicted whole volumes in the raw images' geometry
+    predictions = sorted((fold / "validation").glob("*.nii.gz"))
+    assert predictions
+    for prediction in predictions:
+        raw = Path(runs["env"]["nnUNet_raw"]) / CT_NAME / "imagesTr" / prediction.name.replace(".nii.gz", "_0000.nii.gz")
+        assert _geometry(prediction) == _geometry(raw) == (SHAPE[::-1], tuple(reversed(VOLUME_SPACING)))
+
+
+def test_volumes_predicted_by_both_commands_are_identical(runs):
+    env, base = runs["env"], runs["base"]
+    images = Path(env["nnUNet_raw"]) / CT_NAME / "imagesTs"
+    ours, stock = base / "pred_ours", base / "pred_stock"
+    common = ["-i", str(images), "-d", str(CT_ID), "-c", ZOO, "-f", "0", "-npp", "0", "-nps", "0",  # sequential: no worker processes
+              "--save_probabilities", "-device", "cpu"]
+    _bridge(["predict", "-o", str(ours), *common], env)
+    ext = _bridge(["env"], env).strip().split("=", 1)[1]
+    _run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo"], dict(env, nnUNet_extTrainer=ext))
+    [case] = sorted(p.name for p in images.glob("*.nii.gz"))
+    name = case.replace("_0000.nii.gz", ".nii.gz")
+    assert _geometry(ours / name) == _geometry(images / case) == (SHAPE[::-1], tuple(reversed(VOLUME_SPACING)))
+    assert np.array_equal(_voxels(ours / name), _voxels(stock / name))
+    npz = name.replace(".nii.gz", ".npz")
+    probabilities = np.load(ours / npz)["probabilities"]
+    assert probabilities.shape == (3, *SHAPE)  # classes x the whole volume, not one slice
+    np.testing.assert_array_equal(probabilities, np.load(stock / npz)["probabilities"])
+
+
+# -- compare ---------------------------------------------------------------------------
+
+
+def test_compare_reports_the_numbers_of_the_summary_files(runs, tmp_path):
+    env, results = runs["env"], runs["results"] / CT_NAME
+    out = _bridge(["compare", str(CT_ID), ZOO, "2d", "--folds", "0", "1", "-o", str(tmp_path)], env)
+    summaries = {run: json.loads((results / run / "fold_0" / "validation" / "summary.json").read_text())
+                 for run in (UNET_RUN, ZOO_RUN)}
+    rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
+    assert [r["run"] for r in rows[:2]] == [UNET_RUN, ZOO_RUN]  # the reference (nnU-Net's 2d U-Net) first
+    label_ids = {"foreground mean": None, "liver": "1", "kidney": "2"}
+    assert {r["class"] for r in rows} == set(label_ids)
+    for row in rows:
+        summary = summaries[row["run"]]
+        key = label_ids[row["class"]]
+        expected = summary["foreground_mean"]["Dice"] if key is None else summary["mean"][key]["Dice"]
+        assert float(row["fold_0"]) == pytest.approx(expected, abs=1e-12)
+        assert row["fold_1"] == "" and row["folds_validated"] == "1" and float(row["mean"]) == float(row["fold_0"])
+
+    paired = next(csv.DictReader((tmp_path / "paired_differences.csv").open()))
+    assert (paired["run"], paired["reference"], paired["class"]) == (ZOO_RUN, UNET_RUN, "foreground mean")
+    expected = summaries[ZOO_RUN]["foreground_mean"]["Dice"] - summaries[UNET_RUN]["foreground_mean"]["Dice"]
+    assert float(paired["fold_0"]) == pytest.approx(expected) and paired["folds"] == "1"
+
+    unet = f"{summaries[UNET_RUN]['foreground_mean']['Dice']:.3f}"
+    assert unet in out and "nnUNetTrainer 2d" in out and ZOO in out
+    assert "nnUNetTrainer 2d, fold 1: not trained (no fold_1 folder)" in out  # a missing fold is named
+    assert "One fold gives one number per configuration" in out
+    report = (tmp_path / "comparison.md").read_text()
+    assert "## Paired differences against nnUNetTrainer 2d" in report and "![comparison](comparison.png)" in report
+    assert f"{ZOO}, fold 1: not trained" in report
+    # training cost: the epochs logged and the parameters of each network
+    for run in (UNET_RUN, ZOO_RUN):
+        weights = _checkpoint_weights(results / run / "fold_0")
+        # weights, not BatchNorm's running statistics (SegFormer's head has them)
+        parameters = sum(v.numel() for k, v in weights.items() if not k.endswith(("running_mean", "running_var",
+                                                                                   "num_batches_tracked")))
+        assert f"{EPOCHS} epochs per fold" in out and f"{parameters / 1e6:.2f} M parameters" in out
+    figure = Image.open(tmp_path / "comparison.png")
+    assert figure.size[0] > 800 and figure.size[1] > 600
+
+
+def test_compare_names_missing_unfinished_and_unvalidated_folds(runs, tmp_path, monkeypatch):
+    """On-disk states of real runs: fold 1 a copy of fold 0 mid-training (no final checkpoint,
+    no validation), fold 2 trained but never validated, fold 3 never started."""
+    from nnunet_bridge.compare import FOREGROUND, format_markdown, gather, paired_differences, write_report
+
+    results = tmp_path / "results"
+    shutil.copytree(runs["results"] / CT_NAME, results / CT_NAME)
+    zoo = results / CT_NAME / ZOO_RUN
+    shutil.copytree(zoo / "fold_0", zoo / "fold_1")
+    (zoo / "fold_1" / "checkpoint_final.pth").unlink()
+    shutil.rmtree(zoo / "fold_1" / "validation")
+    for log in (zoo / "fold_1").glob("training_log_*.txt"):  # an epoch in progress: no "Training done." yet
+        log.write_text(log.read_text().split("Training done.")[0])
+    shutil.copytree(zoo / "fold_0", zoo / "fold_2")
+    (zoo / "fold_2" / "validation" / "summary.json").unlink()
+
+    monkeypatch.setenv("nnUNet_raw", runs["env"]["nnUNet_raw"])
+    comparison = gather(CT_NAME, folds=[0, 1, 2, 3], results_folder=results)
+    assert [r.name for r in comparison.runs] == [UNET_RUN, ZOO_RUN]  # every run of the dataset, reference first
+    statuses = {f.fold: f.status for f in comparison.runs[1].folds}
+    assert statuses == {0: "ok", 1: "training", 2: "unvalidated", 3: "missing"}
+    problems = "\n".join(comparison.problems())
+    assert f"{ZOO}, fold 1: still training ({EPOCHS} of {EPOCHS} epochs logged" in problems
+    assert f"{ZOO}, fold 2: trained but not validated" in problems and "--val" in problems
+    assert f"{ZOO}, fold 3: not trained" in problems and "nnUNetTrainer 2d, fold 1: not trained" in problems
+    assert list(comparison.runs[1].dice(FOREGROUND)) == [0]  # only the validated fold is in the numbers
+    [row] = paired_differences(comparison)
+    assert row["folds"] == 1
+    report = format_markdown(comparison)
+    assert "| training |" in report and "| unvalidated |" in report and "| missing |" in report
+    paths = write_report(comparison, tmp_path / "report")
+    assert paths["figure"].is_file() and "| training |" in paths["markdown"].read_text()
+
+
+def test_compare_refuses_what_it_cannot_find(runs):
+    env = runs["env"]
+    err = _bridge(["compare", str(CT_ID), "2d_upernet_dinov3_small"], env, expect_fail=True)
+    assert "no trained run of configuration '2d_upernet_dinov3_small'" in err and UNET_RUN in err
+    err = _bridge(["compare", str(CT_ID), ZOO, "--reference", "3d_fullres"], env, expect_fail=True)
+    assert "3d_fullres" in err and "Traceback" not in err
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _checkpoint_weights(fold: Path) -> dict:
+    import torch
+
+    return torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"]
+
+
+def _geometry(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    return image.GetSize(), tuple(round(s, 4) for s in image.GetSpacing())
+
+
+def _voxels(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def _run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
+    result = subprocess.run(cmd, env=env, cwd=env["nnUNet_raw"].rsplit("/", 1)[0], capture_output=True, text=True,
+                            timeout=600)
+    output = result.stdout + result.stderr
+    if expect_fail:
+        assert result.returncode != 0, f"expected {cmd} to fail:\n{output[-3000:]}"
+    else:
+        assert result.returncode == 0, f"{cmd} failed ({result.returncode}):\n{output[-5000:]}"
+    return output
+
+
+def _bridge(args: list[str], env: dict, expect_fail: bool = False) -> str:
+    return _run([sys.executable, "-m", "nnunet_bridge.cli", *args], env, expect_fail)
