@@ -141,9 +141,10 @@ def gather(
     """
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    root = Path(results_folder or os.environ.get("nnUNet_results") or "")
-    if not str(results_folder or os.environ.get("nnUNet_results") or ""):
+    results_folder = results_folder or os.environ.get("nnUNet_results")
+    if not results_folder:
         raise FileNotFoundError("nnUNet_results is not set; export it (the folder nnU-Net trained into)")
+    root = Path(results_folder)
     dataset_name = maybe_convert_to_dataset_name(dataset)
     dataset_folder = root / dataset_name
     available = sorted(p.name for p in dataset_folder.glob("*__*__*") if p.is_dir())
@@ -242,11 +243,13 @@ def format_markdown(comparison: Comparison, figure: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(comparison: Comparison, out_dir: str | Path, figure: bool = True, case: str | None = None) -> dict[str, Path]:
+def write_report(comparison: Comparison, out_dir: str | Path, figure: bool = True,
+                 case: str | None = None) -> dict[str, Path]:
     """Write ``comparison.md``, ``comparison.csv``, ``paired_differences.csv`` and ``comparison.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "comparison.csv", "paired_csv": out / "paired_differences.csv", "markdown": out / "comparison.md"}
+    paths = {"csv": out / "comparison.csv", "paired_csv": out / "paired_differences.csv",
+             "markdown": out / "comparison.md"}
     _write_csv(comparison, paths["csv"])
     _write_paired_csv(comparison, paths["paired_csv"])
     if figure:
@@ -285,20 +288,29 @@ def _reference(reference: str | None, runs: list[RunResult], available: list[str
     wanted = _run_name(reference, available, trainers, plans)
     found = next((r for r in runs if r.name == wanted), None)
     if found is None:
-        raise CompareError(f"the reference {reference!r} is not among the compared runs ({', '.join(r.name for r in runs)})")
+        raise CompareError(f"the reference {reference!r} is not among the compared runs "
+                           f"({', '.join(r.name for r in runs)}); add it to the configurations")
     return found
 
 
 def _read_run(folder: Path, folds: list[int], dataset_name: str) -> RunResult:
     trainer, plans, configuration = folder.name.split("__")
     names = _label_names(folder)
-    results = [_read_fold(folder, k, names, f"{dataset_name} {configuration}", trainer) for k in folds]
+    results = [_read_fold(folder, k, names, _validate_command(dataset_name, trainer, plans, configuration, k))
+               for k in folds]
     run = RunResult(trainer, plans, configuration, folder, results)
     run.parameters = _parameters(folder, folds)
     return run
 
 
-def _read_fold(folder: Path, fold: int, names: dict[str, str], what: str, trainer: str) -> FoldResult:
+def _validate_command(dataset_name: str, trainer: str, plans: str, configuration: str, fold: int) -> str:
+    plans_option = "" if plans == "nnUNetPlans" else f" -p {plans}"
+    if trainer == DEFAULT_TRAINERS[0]:
+        return f"segzoo-nnunet train {dataset_name} {configuration} {fold}{plans_option} --val"
+    return f"nnUNetv2_train {dataset_name} {configuration} {fold} -tr {trainer}{plans_option} --val"
+
+
+def _read_fold(folder: Path, fold: int, names: dict[str, str], validate: str) -> FoldResult:
     fold_dir = folder / f"fold_{fold}"
     if not fold_dir.is_dir():
         return FoldResult(fold, "missing", f"not trained (no {fold_dir.name} folder)")
@@ -313,7 +325,7 @@ def _read_fold(folder: Path, fold: int, names: dict[str, str], what: str, traine
         return FoldResult(fold, "ok", dice=dice, epoch_seconds=seconds, planned_epochs=planned)
     if (fold_dir / "checkpoint_final.pth").is_file() and (finished or last_log is None):
         return FoldResult(fold, "unvalidated", f"trained but not validated (no validation/summary.json); run "
-                                               f"`nnUNetv2_train {what} {fold} -tr {trainer} --val`",
+                                               f"`{validate}`",
                           epoch_seconds=seconds, planned_epochs=planned)
     if last_log is not None and time.time() - last_log.stat().st_mtime < _RECENT_LOG_SECONDS:
         minutes = (time.time() - last_log.stat().st_mtime) / 60
@@ -371,13 +383,15 @@ def _label_names(folder: Path) -> dict[str, str]:
     labels = json.loads(path.read_text()).get("labels", {})
     names = {}
     for name, value in labels.items():
-        key = str(tuple(value)) if isinstance(value, list) and len(value) > 1 else str(value[0] if isinstance(value, list) else value)
-        names[key] = name
+        if isinstance(value, list):  # a region: nnU-Net keys it by its tuple of labels, or the label alone
+            value = tuple(value) if len(value) > 1 else value[0]
+        names[str(value)] = name
     return names
 
 
 def _classes(folder: Path) -> list[str]:
-    labels = json.loads((folder / "dataset.json").read_text()).get("labels", {}) if (folder / "dataset.json").is_file() else {}
+    path = folder / "dataset.json"
+    labels = json.loads(path.read_text()).get("labels", {}) if path.is_file() else {}
     return [FOREGROUND] + [name for name, value in labels.items() if value not in (0, [0]) and name != "ignore"]
 
 
@@ -400,7 +414,8 @@ def _table(comparison: Comparison, class_name: str, mark, plain) -> tuple[list[s
             text = f"{value:.3f}" if value is not None else ("-" if status == "ok" else status)
             cells.append(mark(text) if value is not None and value == best[k] else plain(text))
         mean, sd, n = means[run.name]
-        text = "-" if n == 0 else f"{mean:.3f}" + (f" ± {sd:.3f}" if n > 1 else "") + (f" (n={n})" if n < len(folds) else "")
+        text = "-" if n == 0 else (f"{mean:.3f}" + (f" ± {sd:.3f}" if n > 1 else "")
+                                   + (f" (n={n})" if n < len(folds) else ""))
         cells.append(mark(text) if n and mean == best_mean else text)
         rows.append(cells)
     return header, rows

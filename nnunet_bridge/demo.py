@@ -2,9 +2,11 @@
 
 Writes a synthetic fundus dataset (vessels + optic disc) in nnU-Net's raw format, runs
 nnU-Net's fingerprinting, planning and preprocessing, adds a zoo configuration, trains a
-small SegFormer-on-ViT briefly, predicts the held-out cases with nnU-Net's predictor,
-prints Dice per class and writes image / truth / prediction side by side as a PNG.
-All nnU-Net folders live under ``--out``; the user's own nnU-Net folders are not touched.
+small SegFormer-on-ViT briefly and nnU-Net's own 2d U-Net for the same epochs and
+iterations, predicts the held-out cases with nnU-Net's predictor, prints both models' Dice
+per class, writes image / truth / prediction side by side as a PNG and the
+``segzoo-nnunet compare`` report of the two runs. All nnU-Net folders live under
+``--out``; the user's own nnU-Net folders are not touched.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from .synthetic import LABELS, write_fundus_dataset
 __all__ = ["DEMO_DATASET_ID", "demo_config", "run_demo", "dice_per_class"]
 
 DEMO_DATASET_ID = 999
+ZOO_TRAINER = "nnUNetTrainerSegZoo"
+VAL_ITERATIONS = 3  # pseudo-Dice batches per epoch, for both models
 NUM_TEST = 6
 _COLOURS = {LABELS["vessel"]: (255, 255, 255), LABELS["optic_disc"]: (255, 220, 0)}
 
@@ -40,7 +44,7 @@ def demo_config(epochs: int, iterations: int) -> dict:
             "initial_lr": 1e-3,
             "num_epochs": epochs,
             "num_iterations_per_epoch": iterations,
-            "num_val_iterations_per_epoch": 3,
+            "num_val_iterations_per_epoch": VAL_ITERATIONS,
             "warmup_epochs": 1 if epochs > 1 else 0,
             "batch_size": 8,
             "save_every": 1,
@@ -86,23 +90,38 @@ def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: in
     from nnunetv2.run.run_training import run_training
 
     from . import ensure_ext_trainer_path
+    from .baseline import train_nnunet_baseline
 
     ensure_ext_trainer_path()
     os.environ["nnUNet_n_proc_DA"] = "0"  # augment in-process: worker processes only compete for 2 cores
-    run_training(str(DEMO_DATASET_ID), configuration, 0, "nnUNetTrainerSegZoo", device=torch.device(device))
+    run_training(str(DEMO_DATASET_ID), configuration, 0, ZOO_TRAINER, device=torch.device(device))
 
-    _step(5, f"predicting the {NUM_TEST} held-out images")
-    predictions = out / "predictions"
-    _predict(configuration, raw / "imagesTs", predictions, torch.device(device))
+    _step(5, f"training nnU-Net's own 2d U-Net (nnUNetTrainer) for the same {epochs} epochs x {iterations} iterations")
+    train_nnunet_baseline(DEMO_DATASET_ID, 0, epochs, iterations, VAL_ITERATIONS, device=device)
+
+    _step(6, f"predicting the {NUM_TEST} held-out images with both models")
+    predictions, unet_predictions = out / "predictions", out / "predictions_unet"
+    _predict(ZOO_TRAINER, configuration, raw / "imagesTs", predictions, torch.device(device))
+    _predict("nnUNetTrainer", "2d", raw / "imagesTs", unet_predictions, torch.device(device))
     dice = dice_per_class(raw / "labelsTs", predictions)
+    unet_dice = dice_per_class(raw / "labelsTs", unet_predictions)
     figure = out / "demo_predictions.png"
     _write_figure(raw, predictions, figure, dice)
 
-    print("\nHeld-out Dice per class:")
+    _step(7, "comparing the two runs on fold 0's validation cases (segzoo-nnunet compare)")
+    from .compare import format_text, gather, write_report
+
+    comparison = gather(DEMO_DATASET_ID, [configuration, "2d"], folds=[0])
+    print(format_text(comparison))
+    report = write_report(comparison, out / "comparison")
+
+    print(f"\nHeld-out Dice per class ({NUM_TEST} images):")
+    print(f"  {'':<12} {configuration:>26} {'nnU-Net 2d U-Net':>18}")
     for name, value in dice.items():
-        print(f"  {name:<12} {value:.3f}")
-    print(f"\nSide-by-side image / truth / prediction: {figure}")
-    print(f"Trained model (nnU-Net results folder): {folders['nnUNet_results']}")
+        print(f"  {name:<12} {value:>26.3f} {unet_dice[name]:>18.3f}")
+    print(f"\nSide-by-side image / truth / prediction ({configuration}): {figure}")
+    print(f"Comparison report: {report['markdown']} (picture: {report['figure']})")
+    print(f"Trained models (nnU-Net results folder): {folders['nnUNet_results']}")
     print(f"Total time: {time.time() - start:.0f} s")
     return dice
 
@@ -125,20 +144,21 @@ def dice_per_class(truth_folder: Path, prediction_folder: Path) -> dict[str, flo
 
 
 def _step(number: int, text: str) -> None:
-    print(f"\n[segzoo demo {number}/5] {text}", flush=True)
+    print(f"\n[segzoo demo {number}/7] {text}", flush=True)
 
 
-def _predict(configuration: str, images: Path, output: Path, device) -> None:
+def _predict(trainer: str, configuration: str, images: Path, output: Path, device) -> None:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                 allow_tqdm=False, verbose=False)
     predictor.initialize_from_trained_model_folder(
-        get_output_folder(DEMO_DATASET_ID, "nnUNetTrainerSegZoo", "nnUNetPlans", configuration),
+        get_output_folder(DEMO_DATASET_ID, trainer, "nnUNetPlans", configuration),
         use_folds=(0,), checkpoint_name="checkpoint_final.pth")
-    predictor.predict_from_files(str(images), str(output), save_probabilities=False, overwrite=True,
-                                 num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    # in this process: worker processes would only compete for the cores (what -npp 0 -nps 0 does)
+    output.mkdir(parents=True, exist_ok=True)  # the sequential path does not create it
+    predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
 
 
 def _write_figure(raw: Path, predictions: Path, path: Path, dice: dict[str, float], rows: int = 4,

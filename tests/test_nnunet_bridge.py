@@ -220,7 +220,7 @@ def test_nnunet_finds_the_bridge_trainer_by_name(monkeypatch):
     assert recursive_find_trainer_class_by_name("nnUNetTrainer_segformer") is nnUNetTrainer_segformer
 
 
-@pytest.mark.parametrize("command", ["plan", "train", "predict", "env", "demo"])
+@pytest.mark.parametrize("command", ["plan", "train", "predict", "compare", "env", "demo"])
 def test_every_command_has_help(command):
     result = subprocess.run([sys.executable, "-m", "nnunet_bridge.cli", command, "-h"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
