@@ -9,7 +9,7 @@
     segzoo-nnunet export -d 996 -c 2d_segformer_dinov3_large -f 0 -o model.onnx   # + model.json
     segzoo-nnunet compare 996 2d_segformer_dinov3_large 2d -o report   # cross-validation table + PNG
     segzoo-nnunet env        # the nnUNet_extTrainer line for stock nnUNetv2_* commands
-    segzoo-nnunet demo       # synthetic fundus dataset -> plan -> train on CPU -> predict -> Dice + PNG
+    segzoo-nnunet demo       # synthetic fundus -> plan -> train zoo + U-Net on CPU -> predict -> Dice, PNG, compare
 
 The command sets ``nnUNet_extTrainer`` itself, so nnU-Net finds the bridge trainers.
 """
@@ -278,7 +278,8 @@ def _build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("env", help="print the nnUNet_extTrainer export line for stock nnUNetv2_* commands")
     e.set_defaults(handler=_cmd_env)
 
-    d = sub.add_parser("demo", allow_abbrev=False, help="synthetic fundus dataset -> plan -> train briefly -> predict -> Dice + PNG",
+    d = sub.add_parser("demo", allow_abbrev=False, help="synthetic fundus dataset -> plan -> train a zoo model and nnU-Net's "
+                                                             "U-Net briefly -> predict -> Dice, PNG, comparison",
                        description="Needs no data and no downloads; a tiny model trains on the CPU in minutes.")
     d.add_argument("--out", default="./demo_output", help="output folder (default ./demo_output)")
     d.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")

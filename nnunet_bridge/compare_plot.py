@@ -29,16 +29,18 @@ def write_comparison_figure(comparison: Comparison, path: str | Path, case: str 
 
     picked = validation_case(comparison, case)
     columns = 2 + len(comparison.runs)
-    figure = plt.figure(figsize=(max(10.0, 2.2 * columns), 8.5 if picked else 4.5), layout="constrained")
-    rows = figure.subfigures(2 if picked else 1, 1, height_ratios=[1.1, 1] if picked else None)
-    top = rows[0] if picked else rows
-    left, right = top.subplots(1, 2, width_ratios=[1, 1.3])
-    _per_fold(left, comparison)
-    _per_class(right, comparison)
-    if picked:
-        _case_row(rows[1], comparison, *picked)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    # matplotlib's defaults, whatever style the process set (nnU-Net's progress plot sets seaborn's)
+    with plt.style.context("default"):
+        figure = plt.figure(figsize=(max(10.0, 2.2 * columns), 8.5 if picked else 4.5), layout="constrained")
+        rows = figure.subfigures(2 if picked else 1, 1, height_ratios=[1.1, 1] if picked else None)
+        top = rows[0] if picked else rows
+        left, right = top.subplots(1, 2, width_ratios=[1, 1.3])
+        _per_fold(left, comparison)
+        _per_class(right, comparison)
+        if picked:
+            _case_row(rows[1], comparison, *picked)
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
     return Path(path)
 
 
@@ -173,12 +175,12 @@ def _raw_image(comparison: Comparison, run: RunResult, reader, case: str, ending
     raw = os.environ.get("nnUNet_raw")
     if not raw:
         return None
-    channels = len(_dataset_json(run)["channel_names"])
-    files = [Path(raw) / comparison.dataset_name / "imagesTr" / f"{case}_{c:04d}{ending}" for c in range(channels)]
-    if not all(f.is_file() for f in files):
+    # one file per channel (_0000, _0001, ...), except natural images: one RGB PNG holds all three
+    files = sorted((Path(raw) / comparison.dataset_name / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
+    if not files:
         return None
     data = reader.read_images([str(f) for f in files])[0]
-    return np.moveaxis(data, 0, -1) if channels == 3 else data[0]
+    return np.moveaxis(data, 0, -1) if data.shape[0] == 3 else data[0]
 
 
 def _label_colours(num_classes: int) -> np.ndarray:
