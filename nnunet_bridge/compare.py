@@ -145,7 +145,11 @@ def gather(
     if not results_folder:
         raise FileNotFoundError("nnUNet_results is not set; export it (the folder nnU-Net trained into)")
     root = Path(results_folder)
-    dataset_name = maybe_convert_to_dataset_name(dataset)
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset)
+    except RuntimeError as err:  # nnU-Net's "could not find a dataset", said without its traceback
+        raise FileNotFoundError(f"no dataset {dataset!r} in nnUNet_raw, nnUNet_preprocessed or nnUNet_results; "
+                                "check the id and those environment variables") from err
     dataset_folder = root / dataset_name
     available = sorted(p.name for p in dataset_folder.glob("*__*__*") if p.is_dir())
     if not available:

@@ -215,6 +215,13 @@ def test_compare_refuses_what_it_cannot_find(runs):
     assert "3d_fullres" in err and "Traceback" not in err
 
 
+def test_compare_names_an_unknown_dataset(tmp_path):
+    from nnunet_bridge.compare import gather
+
+    with pytest.raises(FileNotFoundError, match="no dataset 987 in nnUNet_raw"):
+        gather(987, results_folder=tmp_path)
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 
