@@ -158,7 +158,8 @@ def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace, _rest: list[str]) -> int:
-    from .compare import CompareError, format_text, gather, write_report
+    from .compare import CompareError, gather
+    from .compare_report import format_text, write_report
 
     try:
         comparison = gather(args.dataset, args.configurations, trainers=args.trainer, plans_identifier=args.p,

@@ -109,7 +109,8 @@ def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: in
     _write_figure(raw, predictions, figure, dice)
 
     _step(7, "comparing the two runs on fold 0's validation cases (segzoo-nnunet compare)")
-    from .compare import format_text, gather, write_report
+    from .compare import gather
+    from .compare_report import format_text, write_report
 
     comparison = gather(DEMO_DATASET_ID, [configuration, "2d"], folds=[0])
     print(format_text(comparison))

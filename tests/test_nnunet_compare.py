@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from nnunet_bridge.synthetic_volumes import VOLUME_SPACING, write_ct_dataset
+from tests.nnunet_runs import bridge, nnunet_env, run
 from tests.tiny_models import TINY_VIT
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 CT_ID, ZSCORE_ID = 980, 981
 CT_NAME, ZSCORE_NAME = "Dataset980_SyntheticCT", "Dataset981_SyntheticMR"
 ZOO = "2d_segformer_dinov3_small"
@@ -70,21 +66,15 @@ def runs():
 
 
 def _train(base: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "preprocessed"),
-        nnUNet_results=str(base / "results"), nnUNet_def_n_proc="1", PYTHONPATH=str(ROOT),
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", nnUNet_compile="f",
-    )
-    env.pop("nnUNet_extTrainer", None)
+    env = nnunet_env(base)
     write_ct_dataset(env["nnUNet_raw"], CT_ID, num_train=6, num_test=1, shape=SHAPE, normalization="CT")
     write_ct_dataset(env["nnUNet_raw"], ZSCORE_ID, name="SyntheticMR", num_train=6, num_test=1, shape=SHAPE,
                      normalization="zscore", seed=1)
-    _run(["nnUNetv2_plan_and_preprocess", "-d", str(CT_ID), str(ZSCORE_ID), "-c", "2d", "-np", "1", "-npfp", "1"],
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(CT_ID), str(ZSCORE_ID), "-c", "2d", "-np", "1", "-npfp", "1"],
          env)
     # one process plans both datasets and trains both models: a Python start costs more than the training
     train_env = dict(env, nnUNet_n_proc_DA="0")  # augment in-process
-    _run([sys.executable, "-c", TRAIN_SCRIPT.format(config=TINY_CONFIG, epochs=EPOCHS, iterations=ITERATIONS)],
+    run([sys.executable, "-c", TRAIN_SCRIPT.format(config=TINY_CONFIG, epochs=EPOCHS, iterations=ITERATIONS)],
          train_env)
     return {"env": env, "base": base, "results": Path(env["nnUNet_results"])}
 
@@ -118,9 +108,9 @@ def test_volumes_predicted_by_both_commands_are_identical(runs):
     ours, stock = base / "pred_ours", base / "pred_stock"
     common = ["-i", str(images), "-d", str(CT_ID), "-c", ZOO, "-f", "0", "-npp", "0", "-nps", "0",  # sequential: no worker processes
               "--save_probabilities", "-device", "cpu"]
-    _bridge(["predict", "-o", str(ours), *common], env)
-    ext = _bridge(["env"], env).strip().split("=", 1)[1]
-    _run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo"], dict(env, nnUNet_extTrainer=ext))
+    bridge(["predict", "-o", str(ours), *common], env)
+    ext = bridge(["env"], env).strip().split("=", 1)[1]
+    run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo"], dict(env, nnUNet_extTrainer=ext))
     [case] = sorted(p.name for p in images.glob("*.nii.gz"))
     name = case.replace("_0000.nii.gz", ".nii.gz")
     assert _geometry(ours / name) == _geometry(images / case) == (SHAPE[::-1], tuple(reversed(VOLUME_SPACING)))
@@ -136,7 +126,7 @@ def test_volumes_predicted_by_both_commands_are_identical(runs):
 
 def test_compare_reports_the_numbers_of_the_summary_files(runs, tmp_path):
     env, results = runs["env"], runs["results"] / CT_NAME
-    out = _bridge(["compare", str(CT_ID), ZOO, "2d", "--folds", "0", "1", "-o", str(tmp_path)], env)
+    out = bridge(["compare", str(CT_ID), ZOO, "2d", "--folds", "0", "1", "-o", str(tmp_path)], env)
     summaries = {run: json.loads((results / run / "fold_0" / "validation" / "summary.json").read_text())
                  for run in (UNET_RUN, ZOO_RUN)}
     rows = list(csv.DictReader((tmp_path / "comparison.csv").open()))
@@ -163,8 +153,8 @@ def test_compare_reports_the_numbers_of_the_summary_files(runs, tmp_path):
     assert "## Paired differences against nnUNetTrainer 2d" in report and "![comparison](comparison.png)" in report
     assert f"{ZOO}, fold 1: not trained" in report
     # training cost: the epochs logged and the parameters of each network
-    for run in (UNET_RUN, ZOO_RUN):
-        weights = _checkpoint_weights(results / run / "fold_0")
+    for run_folder in (UNET_RUN, ZOO_RUN):
+        weights = _checkpoint_weights(results / run_folder / "fold_0")
         # weights, not BatchNorm's running statistics (SegFormer's head has them)
         parameters = sum(v.numel() for k, v in weights.items() if not k.endswith(("running_mean", "running_var",
                                                                                    "num_batches_tracked")))
@@ -176,7 +166,8 @@ def test_compare_reports_the_numbers_of_the_summary_files(runs, tmp_path):
 def test_compare_names_missing_unfinished_and_unvalidated_folds(runs, tmp_path, monkeypatch):
     """On-disk states of real runs: fold 1 a copy of fold 0 mid-training (no final checkpoint,
     no validation), fold 2 trained but never validated, fold 3 never started."""
-    from nnunet_bridge.compare import FOREGROUND, format_markdown, gather, paired_differences, write_report
+    from nnunet_bridge.compare import FOREGROUND, gather, paired_differences
+    from nnunet_bridge.compare_report import format_markdown, write_report
 
     results = tmp_path / "results"
     shutil.copytree(runs["results"] / CT_NAME, results / CT_NAME)
@@ -209,9 +200,9 @@ def test_compare_names_missing_unfinished_and_unvalidated_folds(runs, tmp_path, 
 
 def test_compare_refuses_what_it_cannot_find(runs):
     env = runs["env"]
-    err = _bridge(["compare", str(CT_ID), "2d_upernet_dinov3_small"], env, expect_fail=True)
+    err = bridge(["compare", str(CT_ID), "2d_upernet_dinov3_small"], env, expect_fail=True)
     assert "no trained run of configuration '2d_upernet_dinov3_small'" in err and UNET_RUN in err
-    err = _bridge(["compare", str(CT_ID), ZOO, "--reference", "3d_fullres"], env, expect_fail=True)
+    err = bridge(["compare", str(CT_ID), ZOO, "--reference", "3d_fullres"], env, expect_fail=True)
     assert "3d_fullres" in err and "Traceback" not in err
 
 
@@ -244,16 +235,3 @@ def _voxels(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def _run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
-    result = subprocess.run(cmd, env=env, cwd=env["nnUNet_raw"].rsplit("/", 1)[0], capture_output=True, text=True,
-                            timeout=600)
-    output = result.stdout + result.stderr
-    if expect_fail:
-        assert result.returncode != 0, f"expected {cmd} to fail:\n{output[-3000:]}"
-    else:
-        assert result.returncode == 0, f"{cmd} failed ({result.returncode}):\n{output[-5000:]}"
-    return output
-
-
-def _bridge(args: list[str], env: dict, expect_fail: bool = False) -> str:
-    return _run([sys.executable, "-m", "nnunet_bridge.cli", *args], env, expect_fail)

@@ -10,10 +10,8 @@ validation, so the checks are on both processes, not only on what rank 0 saved.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,10 +23,9 @@ import torch.multiprocessing as mp
 import yaml
 
 from nnunet_bridge.synthetic import write_fundus_dataset
+from tests.nnunet_runs import ROOT, nnunet_env, run
 from tests.tiny_models import TINY_MASK2FORMER, TINY_VIT, TINY_WIDTH
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 DATASET_ID = 989
 TRAINER = "nnUNetTrainerSegZooRankReport"
 REPORTS_ENV = "SEGZOO_TEST_RANK_REPORTS"
@@ -43,18 +40,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def ddp_env():
     """nnU-Net folders with a tiny dataset planned and preprocessed (2d), for every test here."""
     base = Path(tempfile.mkdtemp(prefix="segzoo_nnunet_ddp_"))
-    env = dict(os.environ)
-    env.update(
-        nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "preprocessed"),
-        nnUNet_results=str(base / "results"), nnUNet_def_n_proc="1", PYTHONPATH=str(ROOT),
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", nnUNet_compile="f",
-        nnUNet_extTrainer=str(ROOT / "tests" / "nnunet_trainers"), OMP_NUM_THREADS="1",
-    )
+    env = nnunet_env(base, nnUNet_extTrainer=str(ROOT / "tests" / "nnunet_trainers"), OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     try:
         write_fundus_dataset(env["nnUNet_raw"], DATASET_ID, num_train=6, num_test=1, size=64, channels=3)
-        _run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"], env)
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "-np", "1", "-npfp", "1"], env)
         yield {"env": dict(env, nnUNet_n_proc_DA="0"), "base": base}
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -197,7 +188,7 @@ def _plan(ddp_env, model: str, name: str, lora: bool = False, kwargs: dict | Non
         "lora": {"enabled": lora, "r": 4},
         "train": TRAIN,
     }))
-    _run([sys.executable, "-m", "nnunet_bridge", "plan", str(DATASET_ID), "--config", str(config), "--name", name],
+    run([sys.executable, "-m", "nnunet_bridge", "plan", str(DATASET_ID), "--config", str(config), "--name", name],
          ddp_env["env"])
     return name
 
@@ -213,7 +204,7 @@ def _reports(ddp_env, name: str, args: list[str], command: bool = False, **env: 
     shutil.rmtree(reports, ignore_errors=True)
     reports.mkdir(parents=True)
     cmd = args if command else [sys.executable, "-m", "nnunet_bridge", *args]
-    _run(cmd, dict(ddp_env["env"], **{REPORTS_ENV: str(reports)}, **env))
+    run(cmd, dict(ddp_env["env"], **{REPORTS_ENV: str(reports)}, **env))
     return [torch.load(reports / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
@@ -234,17 +225,6 @@ def _print_throughput(fold: Path, name: str) -> None:
     log = max(fold.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns).read_text()
     total, per_rank = PER_RANK.findall(log)[-1]
     print(f"{name}: {total} images/s on 2 CPU processes (per rank: {per_rank})")
-
-
-def _run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
-    result = subprocess.run(cmd, env=env, cwd=env["nnUNet_raw"].rsplit("/", 1)[0], capture_output=True, text=True,
-                            timeout=600)
-    output = result.stdout + result.stderr
-    if expect_fail:
-        assert result.returncode != 0, f"expected {cmd} to fail:\n{output[-3000:]}"
-    else:
-        assert result.returncode == 0, f"{cmd} failed ({result.returncode}):\n{output[-6000:]}"
-    return output
 
 
 def _free_port() -> int:

@@ -30,10 +30,9 @@ from PIL import Image
 import segzoo
 
 from nnunet_bridge.synthetic import fundus_case, write_fundus_dataset
+from tests.nnunet_runs import ROOT, bridge, nnunet_env, run
 from tests.tiny_models import TINY_VIT
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 RGB_ID, GREY_ID = 990, 991
 CONFIG_NAME = "2d_segformer_dinov3_small"
 TINY_CONFIG = {
@@ -63,18 +62,12 @@ def nn_env():
 
 
 def _prepare(base: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        nnUNet_raw=str(base / "raw"), nnUNet_preprocessed=str(base / "preprocessed"),
-        nnUNet_results=str(base / "results"), nnUNet_def_n_proc="1", PYTHONPATH=str(ROOT),
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", nnUNet_compile="f",
-    )
-    env.pop("nnUNet_extTrainer", None)
+    env = nnunet_env(base)
     write_fundus_dataset(env["nnUNet_raw"], RGB_ID, num_train=6, num_test=2, size=64, channels=3)
     write_fundus_dataset(env["nnUNet_raw"], GREY_ID, name="SyntheticGrey", num_train=6, num_test=1, size=64,
                          channels=1, seed=1)
     for dataset in (RGB_ID, GREY_ID):
-        _run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset), "-c", "2d", "-np", "1", "-npfp", "1"], env)
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset), "-c", "2d", "-np", "1", "-npfp", "1"], env)
     config_file = base / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(TINY_CONFIG))
     # nnU-Net's planner needs >= 1 data-augmentation worker; training runs them in-process
@@ -83,7 +76,7 @@ def _prepare(base: Path) -> dict:
 
 
 def test_plan_adds_an_inheriting_zoo_configuration(nn_env):
-    out = _bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"])], nn_env["env"])
+    out = bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"])], nn_env["env"])
     assert CONFIG_NAME in out
     plans = _plans(nn_env, RGB_ID)
     conf = plans["configurations"][CONFIG_NAME]
@@ -98,7 +91,7 @@ def test_plan_adds_an_inheriting_zoo_configuration(nn_env):
 
 def test_train_validate_predict_continue(nn_env):
     env, train_env = nn_env["env"], nn_env["train_env"]
-    _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], train_env)
+    bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], train_env)
     fold = _fold_dir(nn_env, RGB_ID, 0)
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"1", "2"} and "Dice" in summary["foreground_mean"]
@@ -114,9 +107,9 @@ def test_train_validate_predict_continue(nn_env):
     images = Path(env["nnUNet_raw"]) / f"Dataset{RGB_ID}_SyntheticFundus" / "imagesTs"
     ours, stock = nn_env["base"] / "pred_ours", nn_env["base"] / "pred_stock"
     common = ["-i", str(images), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-npp", "1", "-nps", "1"]
-    _bridge(["predict", "-o", str(ours), *common, "-device", "cpu"], env)
-    ext = _bridge(["env"], env).strip().split("=", 1)[1]
-    _run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo", "-device", "cpu"],
+    bridge(["predict", "-o", str(ours), *common, "-device", "cpu"], env)
+    ext = bridge(["env"], env).strip().split("=", 1)[1]
+    run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo", "-device", "cpu"],
          dict(env, nnUNet_extTrainer=ext))
     names = sorted(p.name for p in ours.glob("*.png"))
     assert names == sorted(p.name for p in stock.glob("*.png")) and len(names) == 2
@@ -127,7 +120,7 @@ def test_train_validate_predict_continue(nn_env):
     # --c continues from the saved epoch (with a longer schedule from a train-time YAML)
     longer = nn_env["base"] / "longer.yaml"
     longer.write_text(yaml.safe_dump({"train": {"num_epochs": 3}}))
-    _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu", "--c", "--config", str(longer)], train_env)
+    bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu", "--c", "--config", str(longer)], train_env)
     assert _epochs_logged(_latest_log(fold)) == [2]
     resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert resumed["current_epoch"] == 3 and resumed["segzoo_config"]["train"]["num_epochs"] == 3
@@ -135,7 +128,7 @@ def test_train_validate_predict_continue(nn_env):
     # a trained configuration is immutable: re-planning it with another model is refused
     changed = nn_env["base"] / "changed.yaml"
     changed.write_text(yaml.safe_dump({**TINY_CONFIG, "model": {**TINY_CONFIG["model"], "decoder_hidden_size": 16}}))
-    err = _bridge(["plan", str(RGB_ID), "--config", str(changed)], env, expect_fail=True)
+    err = bridge(["plan", str(RGB_ID), "--config", str(changed)], env, expect_fail=True)
     assert "already trained" in err and "decoder_hidden_size" in err
 
 
@@ -163,7 +156,7 @@ def test_kill_mid_run_then_continue(nn_env):
     assert 1 <= epoch < 40
     finish = nn_env["base"] / "finish.yaml"
     finish.write_text(yaml.safe_dump({"train": {"num_epochs": epoch + 1}}))
-    _bridge(["train", str(RGB_ID), CONFIG_NAME, "1", "-device", "cpu", "--c", "--config", str(finish)], train_env)
+    bridge(["train", str(RGB_ID), CONFIG_NAME, "1", "-device", "cpu", "--c", "--config", str(finish)], train_env)
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == epoch + 1
     assert (fold / "validation" / "summary.json").is_file()
@@ -224,7 +217,7 @@ def test_a_trained_fold_exports_to_onnx_with_its_deployment_facts(nn_env, tmp_pa
 
     env = nn_env["env"]
     _ensure_trained(nn_env)
-    out = _bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
+    out = bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
     assert "checked against the PyTorch network with ONNX Runtime" in out
     facts = json.loads((tmp_path / "fold0.json").read_text())
     plans = _plans(nn_env, RGB_ID)["configurations"][CONFIG_NAME]
@@ -249,13 +242,13 @@ def test_onnx_runtime_predictor_reproduces_nnunetv2_predict(nn_env, tmp_path):
     for index, size in enumerate((150, 97, 41)):
         image, _ = fundus_case(size, seed=7_000 + index)
         Image.fromarray(image).save(images / f"held_out_{index:03d}_0000.png")
-    _bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
-    ext = _bridge(["env"], env).strip().split("=", 1)[1]
+    bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
+    ext = bridge(["env"], env).strip().split("=", 1)[1]
     stock = tmp_path / "stock"
-    _run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0",
+    run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0",
           "-tr", "nnUNetTrainerSegZoo", "-npp", "1", "-nps", "1", "-device", "cpu"], dict(env, nnUNet_extTrainer=ext))
     ours = tmp_path / "onnx"
-    out = _run([sys.executable, "-m", "nnunet_bridge.onnx_predict", str(tmp_path / "fold0.onnx"), "-i", str(images),
+    out = run([sys.executable, "-m", "nnunet_bridge.onnx_predict", str(tmp_path / "fold0.onnx"), "-i", str(images),
                 "-o", str(ours)], env)
     assert "[3/3]" in out
     for index, size in enumerate((150, 97, 41)):
@@ -338,7 +331,7 @@ def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkey
     model = {**TINY_CONFIG["model"], "name": "mask2former_dinov3_small",
              "kwargs": {**TINY_CONFIG["model"]["kwargs"], **tiny_heads}}
     config.write_text(yaml.safe_dump({**TINY_CONFIG, "model": model}))
-    _bridge(["plan", str(RGB_ID), "--config", str(config)], nn_env["env"])
+    bridge(["plan", str(RGB_ID), "--config", str(config)], nn_env["env"])
     dataset_json = _dataset_json(nn_env, RGB_ID)
     dataset_json["labels"] = {**dataset_json["labels"], "ignore": 3}
     trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False),
@@ -358,7 +351,7 @@ def test_dpt_plans_trains_and_predicts_through_nnunets_own_predictor(nn_env, mon
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, nn_env["env"][key])
     monkeypatch.setenv("nnUNet_extTrainer", EXT_TRAINER_DIR)
-    _bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"]), "--model", "dpt_dinov3_small"], nn_env["env"])
+    bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"]), "--model", "dpt_dinov3_small"], nn_env["env"])
     name = "2d_dpt_dinov3_small"
     trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False), name, 0,
                                   _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
@@ -487,7 +480,7 @@ def test_training_compiled_through_the_cli(nn_env):
     config = nn_env["base"] / "compiled.yaml"
     config.write_text(yaml.safe_dump({"train": {"num_epochs": 1, "warmup_epochs": 0, "compile_backend": "aot_eager"}}))
     env = dict(nn_env["train_env"], nnUNet_compile="t")
-    _bridge(["train", str(RGB_ID), CONFIG_NAME, "3", "-device", "cpu", "--config", str(config)], env)
+    bridge(["train", str(RGB_ID), CONFIG_NAME, "3", "-device", "cpu", "--config", str(config)], env)
     fold = _fold_dir(nn_env, RGB_ID, 3)
     log = _latest_log(fold)
     assert "Compiling the zoo model regionally (torch.compile, backend aot_eager)" in log
@@ -500,7 +493,7 @@ def test_training_compiled_through_the_cli(nn_env):
 
 def test_one_channel_dataset_through_the_seed_entry_point(nn_env):
     train_env = nn_env["train_env"]
-    _run([sys.executable, str(ROOT / "nnUNetv2_train_segformer.py"), str(GREY_ID), "2d", "0",
+    run([sys.executable, str(ROOT / "nnUNetv2_train_segformer.py"), str(GREY_ID), "2d", "0",
           "--segformer_config", str(nn_env["config"]), "-device", "cpu"], train_env)
     conf = _plans(nn_env, GREY_ID)["configurations"][CONFIG_NAME]
     assert conf["architecture"]["arch_kwargs"]["input_normalization"] == "none"  # nnU-Net z-scores it
@@ -514,30 +507,15 @@ def test_one_channel_dataset_through_the_seed_entry_point(nn_env):
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
-    result = subprocess.run(cmd, env=env, cwd=env["nnUNet_raw"].rsplit("/", 1)[0], capture_output=True, text=True,
-                            timeout=600)
-    output = result.stdout + result.stderr
-    if expect_fail:
-        assert result.returncode != 0, f"expected {cmd} to fail:\n{output[-3000:]}"
-    else:
-        assert result.returncode == 0, f"{cmd} failed ({result.returncode}):\n{output[-5000:]}"
-    return output
-
-
-def _bridge(args: list[str], env: dict, expect_fail: bool = False) -> str:
-    return _run([sys.executable, "-m", "nnunet_bridge.cli", *args], env, expect_fail)
-
-
 def _ensure_trained(nn_env) -> None:
     _ensure_planned(nn_env)
     if not (_fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth").is_file():
-        _bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], nn_env["train_env"])
+        bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], nn_env["train_env"])
 
 
 def _ensure_planned(nn_env) -> None:
     if CONFIG_NAME not in _plans(nn_env, RGB_ID)["configurations"]:
-        _bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"])], nn_env["env"])
+        bridge(["plan", str(RGB_ID), "--config", str(nn_env["config"])], nn_env["env"])
 
 
 def _plans(nn_env, dataset_id: int) -> dict:
