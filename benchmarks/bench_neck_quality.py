@@ -42,21 +42,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also append the result to this file")
     args = parser.parse_args(argv)
 
-    train = _cases(args.train_cases, args.size, first_seed=0)
-    test = _cases(args.test_cases, args.size, first_seed=10_000)
+    train = fundus_tensors(args.train_cases, args.size, first_seed=0)
+    test = fundus_tensors(args.test_cases, args.size, first_seed=10_000)
     result = {"model": args.model, "size": args.size, "steps": args.steps, "batch": args.batch,
               "threads": torch.get_num_threads(), "dice": {}}
     for neck in ("pyramid", "none"):
         start = time.perf_counter()
         model = _train(args, neck, train)
-        result["dice"][neck] = _dice(model, test)
+        result["dice"][neck] = dice_per_class(model, test)
         print(f"{neck:8s} trained in {time.perf_counter() - start:.0f} s: Dice {result['dice'][neck]}", flush=True)
     print(json.dumps(result), flush=True)
     append_results(args.json, result)
     return result
 
 
-def _cases(count: int, size: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fundus_tensors(count: int, size: int, first_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` synthetic fundus images (normalised, ``(N, 3, size, size)``) and their label maps."""
     images, labels = zip(*(fundus_case(size=size, seed=first_seed + i) for i in range(count)))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     return (x - 0.5) / 0.25, torch.from_numpy(np.stack(labels)).long()
@@ -79,7 +80,8 @@ def _train(args: argparse.Namespace, neck: str, data: tuple[torch.Tensor, torch.
     return model.eval()
 
 
-def _dice(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+def dice_per_class(model: torch.nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """Held-out Dice of each foreground class (argmax of the eval-mode output)."""
     images, labels = data
     with torch.no_grad():
         predicted = torch.cat([model(images[i:i + 4]).argmax(1) for i in range(0, len(images), 4)])
