@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 import timm
 import torch
+from timm.models._manipulate import checkpoint
+from timm.models.eva import Eva
 from torch import nn
 
 from .._hub import download_backbone_weights
@@ -24,9 +26,14 @@ class ViTBackbone(nn.Module):
     ``forward`` returns one ``(B, embed_dim, H/p, W/p)`` map per entry of
     ``feature_indices`` through timm's ``forward_intermediates``; ``H`` and ``W`` must
     be multiples of the patch size (the :class:`~segzoo.Segmenter` pads for that).
+
+    ``keep_norm`` keeps timm's final norm (EoMT reads the last block's tokens through it);
+    :meth:`embed_tokens` and :meth:`run_block` are the two halves of ``forward_intermediates``
+    for a decoder that runs the blocks itself.
     """
 
-    def __init__(self, model: nn.Module, feature_indices: Sequence[int], spec: BackboneSpec | None = None):
+    def __init__(self, model: nn.Module, feature_indices: Sequence[int], spec: BackboneSpec | None = None,
+                 keep_norm: bool = False):
         super().__init__()
         self.model = model
         self.spec = spec
@@ -45,6 +52,7 @@ class ViTBackbone(nn.Module):
         self.out_channels = [self.embed_dim] * len(self.feature_indices)
         # depth before pruning: checkpoint blocks in [depth, source_depth) are unused on purpose
         self.source_depth = depth
+        self.keep_norm = bool(keep_norm)
         self._drop_unused_parameters()
 
     @property
@@ -56,6 +64,38 @@ class ViTBackbone(nn.Module):
             x, indices=self._unique_indices, intermediates_only=True, output_fmt="NCHW"
         )
         return [features[i] for i in self._gather]
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class and register tokens in front of the patch tokens."""
+        return int(self.model.num_prefix_tokens)
+
+    def embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(tokens, rope)``: what timm's ``forward_intermediates`` feeds its first block.
+
+        ``tokens`` is ``(B, num_prefix_tokens + h * w, embed_dim)`` (prefix tokens first);
+        ``rope`` is the rotary table of RoPE models (DINOv3), applied by timm's attention to
+        the tokens after the prefix, else ``None``.
+        """
+        model = self.model
+        tokens = model.patch_embed(x)
+        if isinstance(model, Eva):  # Eva's _pos_embed applies patch dropout and returns the RoPE table
+            tokens, rope = model._pos_embed(tokens)
+        else:
+            tokens, rope = model.patch_drop(model._pos_embed(tokens)), None
+        return model.norm_pre(tokens), rope
+
+    def run_block(self, index: int, tokens: torch.Tensor, rope: torch.Tensor | None = None,
+                  attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """timm's block ``index`` on ``tokens`` (with gradient checkpointing when it is on).
+        ``attn_mask`` goes to timm's attention as given (boolean or additive)."""
+        block = self.model.blocks[index]
+        kwargs: dict[str, Any] = {"attn_mask": attn_mask}
+        if rope is not None:
+            kwargs["rope"] = rope
+        if self.model.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(block, tokens, **kwargs)
+        return block(tokens, **kwargs)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
@@ -69,8 +109,9 @@ class ViTBackbone(nn.Module):
         layer, the final norm and classifier), so DDP needs no ``find_unused_parameters``
         and frozen/trainable counts are honest."""
         last = max(self.feature_indices)
-        # timm's own pruning: drops later blocks, final norm and head
-        self.model.prune_intermediate_layers(indices=self._unique_indices, prune_norm=True, prune_head=True)
+        # timm's own pruning: drops later blocks, final norm (unless kept) and head
+        self.model.prune_intermediate_layers(indices=self._unique_indices, prune_norm=not self.keep_norm,
+                                             prune_head=True)
         assert len(self.model.blocks) == last + 1
 
 
@@ -85,6 +126,7 @@ def create_vit_backbone(
     img_size: tuple[int, int] | None = None,
     checkpoint_path: str | Path | None = None,
     checkpoint_format: str | None = None,
+    keep_norm: bool = False,
 ) -> ViTBackbone:
     """Build the timm ViT of ``spec``, wrap (and prune) it, then load its weights.
 
@@ -98,6 +140,7 @@ def create_vit_backbone(
     ``img_size`` fixes the input size (a multiple of the patch size): position
     embeddings are resampled once at build time instead of at every call, which is
     what ``torch.compile`` needs; ``None`` keeps timm's ``dynamic_img_size``.
+    ``keep_norm`` keeps (and loads) the ViT's final norm.
     """
     one_weights_source(pretrained, checkpoint_path)
     kwargs: dict[str, Any] = dict(spec.timm_kwargs)
@@ -126,7 +169,7 @@ def create_vit_backbone(
             "int(embed_dim * mlp_ratio) to be even (e.g. embed_dim=96, num_heads=2); embed_dim must be "
             "divisible by num_heads"
         ) from err
-    backbone = ViTBackbone(model, indices, spec)
+    backbone = ViTBackbone(model, indices, spec, keep_norm=keep_norm)
     if source is not None or checkpoint_path is not None:
         if source is not None:
             checkpoint_path = download_backbone_weights(source)

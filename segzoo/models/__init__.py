@@ -2,17 +2,20 @@
 
 from .._registry import get_pretrained_cfg, split_model_name_tag
 from ..backbones import BACKBONES
-from . import dpt, mask2former, segformer, segformer_mit, upernet
+from . import dpt, eomt, mask2former, segformer, segformer_mit, upernet
 from ._builder import build_segmenter
+from .eomt_segmenter import EomtSegmenter
 from .mask_classification import MaskClassificationSegmenter
 from .segmenter import Segmenter
 
 __all__ = [
+    "EomtSegmenter",
     "MaskClassificationSegmenter",
     "Segmenter",
     "build_segmenter",
     "dpt",
     "supports_lora",
+    "eomt",
     "mask2former",
     "segformer",
     "segformer_mit",

@@ -21,7 +21,8 @@ __all__ = ["adapt_normalization", "build_segmenter", "pretrained_cfgs_for"]
 
 HeadFactory = Callable[..., nn.Module]  # (in_channels, num_classes, **head_kwargs) -> module
 # build_segmenter's parameters that model files pass, never users
-_INTERNAL = ("variant", "backbone", "head_factory", "segmenter_cls", "in_channels", "pretrained_tag")
+_INTERNAL = ("variant", "backbone", "head_factory", "segmenter_cls", "in_channels", "pretrained_tag",
+             "keep_backbone_norm")
 
 
 def build_segmenter(
@@ -42,6 +43,7 @@ def build_segmenter(
     segmenter_cls: type[Segmenter] = Segmenter,
     checkpoint_path: str | None = None,
     checkpoint_format: str | None = None,
+    keep_backbone_norm: bool = False,
     **head_kwargs: Any,
 ) -> Segmenter:
     """Build ``variant`` = ``head_factory`` on the ``backbone`` family/size.
@@ -53,7 +55,8 @@ def build_segmenter(
     ``checkpoint_path`` / ``checkpoint_format`` (backbone weights in their original
     published layout). Everything else goes to the head. ``segmenter_cls`` is chosen by
     the decoder's model file (e.g. a mask-classification head needs
-    :class:`~segzoo.models.MaskClassificationSegmenter`), never by users.
+    :class:`~segzoo.models.MaskClassificationSegmenter`), never by users; so is
+    ``keep_backbone_norm`` (EoMT reads the last block through the ViT's final norm).
     """
     # typos are named before anything is built or downloaded (a head kwarg would fail only after the backbone)
     reject_unknown_keywords(variant, head_kwargs, accepted_keywords(build_segmenter, head_factory, skip=_INTERNAL))
@@ -74,6 +77,7 @@ def build_segmenter(
         img_size=fixed_size,
         checkpoint_path=checkpoint_path,
         checkpoint_format=checkpoint_format,
+        keep_norm=keep_backbone_norm,
     )
     neck_module = create_neck(neck, vit.out_channels)
     head = head_factory(neck_module.out_channels, num_classes, **head_kwargs)

@@ -41,7 +41,7 @@ class MaskClassificationSegmenter(Segmenter):
         self._check_input(x)
         height, width = x.shape[-2:]
         padded = self._pad_to_patch_multiple(x)
-        outputs = self.decode_head(self.neck(self.backbone(padded)))
+        outputs = self.forward_set_predictions(padded)
         if self.training:
             return outputs
         scores = self.decode_head.semantic_probabilities(outputs)
@@ -49,6 +49,10 @@ class MaskClassificationSegmenter(Segmenter):
         scores = scores[..., :height, :width] + _SCORE_FLOOR
         # computed in float32 (the head's softmax/sigmoid), returned in the head's precision like the other heads
         return (scores / scores.sum(dim=1, keepdim=True)).log().to(outputs["masks_queries_logits"].dtype)
+
+    def forward_set_predictions(self, padded: torch.Tensor) -> dict[str, Any]:
+        """The head's raw outputs for an input already padded to whole patches."""
+        return self.decode_head(self.neck(self.backbone(padded)))
 
     def compute_loss(self, outputs: Any, target: torch.Tensor) -> torch.Tensor:
         """Set-prediction loss of train-mode ``outputs`` against per-pixel class ids.
