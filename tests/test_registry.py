@@ -21,7 +21,8 @@ def test_list_models_sorted_and_filtered():
     assert "segformer_retfound_dinov2_large" in names
     assert all(n.startswith("segformer_") for n in names)
     assert segzoo.list_models("*visionfm*") == [
-        "dpt_visionfm_base", "mask2former_visionfm_base", "segformer_visionfm_base", "upernet_visionfm_base"
+        "dpt_visionfm_base", "eomt_visionfm_base", "mask2former_visionfm_base", "segformer_visionfm_base",
+        "upernet_visionfm_base"
     ]
     assert segzoo.list_models(["segformer_*dinov3_small", "segformer_*visionfm*"]) == [
         "segformer_dinov3_small", "segformer_visionfm_base"
@@ -65,7 +66,7 @@ def test_pretrained_cfg_records_source_licence_normalisation():
 def test_weights_have_one_record_from_backbone_spec_to_built_model():
     """The spec's weight set, the registry's entry for each head and the model's dict are one record."""
     spec_cfg = BACKBONES["dinov3_large"].weights[1]
-    for head in ("segformer", "upernet", "mask2former", "dpt"):
+    for head in ("segformer", "upernet", "mask2former", "dpt", "eomt"):
         registered = segzoo.get_pretrained_cfg(f"{head}_dinov3_large.sat493m")
         assert isinstance(registered, segzoo.PretrainedCfg)
         assert registered == spec_cfg.for_model(f"{head}_dinov3_large")
@@ -115,7 +116,16 @@ def test_every_registered_model_builds_at_full_size_on_meta(name):
     assert model.patch_size == spec.patch_size
 
 
-HEADS = ("segformer", "upernet", "mask2former", "dpt")
+HEADS = ("segformer", "upernet", "mask2former", "dpt", "eomt")
+# per head, the tiny settings the one-block backbones below take
+_TINY_HEAD_KWARGS = {
+    "segformer": {"decoder_hidden_size": 32},
+    "upernet": {"decoder_hidden_size": 32},
+    "mask2former": {"decoder_hidden_size": 32, "num_queries": 4, "decoder_layers": 2, "encoder_layers": 1,
+                    "num_attention_heads": 2},
+    "dpt": {"decoder_hidden_size": 32},
+    "eomt": {"num_queries": 4, "num_blocks": 1},  # no decoder width: the queries run in the ViT's last block
+}
 
 
 @pytest.mark.parametrize("spec_name", sorted(BACKBONES))
@@ -128,9 +138,7 @@ def test_every_backbone_spec_has_every_head_registered_on_that_backbone(spec_nam
     for head in HEADS:
         name = f"{head}_{spec_name}"
         assert segzoo.is_model(name), f"{name} is not registered: add its factory in segzoo/models/{head}.py"
-        model = segzoo.create_model(name, num_classes=2, backbone_kwargs=backbone_kwargs, decoder_hidden_size=32,
-                                    **({"num_queries": 4, "decoder_layers": 2, "encoder_layers": 1,
-                                        "num_attention_heads": 2} if head == "mask2former" else {}))
+        model = segzoo.create_model(name, num_classes=2, backbone_kwargs=backbone_kwargs, **_TINY_HEAD_KWARGS[head])
         assert model.backbone.spec.name == spec_name
         assert model.backbone.model.patch_embed.patch_size[0] == spec.patch_size
 

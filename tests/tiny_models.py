@@ -10,3 +10,5 @@ TINY_MIT = dict(backbone_kwargs=dict(hidden_sizes=[16, 32, 32, 64], depths=[1, 1
                                      num_attention_heads=[1, 1, 1, 2]), decoder_hidden_size=TINY_WIDTH)
 TINY_MASK2FORMER = dict(num_queries=8, decoder_layers=3, encoder_layers=1, num_attention_heads=2,
                         dim_feedforward=64, encoder_feedforward_dim=64)
+# EoMT reads no decoder width: a 3-block ViT whose last 2 blocks see 8 queries
+TINY_EOMT = dict(backbone_kwargs=dict(TINY_VIT, depth=3), num_queries=8, num_blocks=2, train_num_points=256)
