@@ -17,7 +17,7 @@ from torch import nn
 import segzoo
 from segzoo.compilation import repeated_blocks
 
-from tests.tiny_models import TINY_MASK2FORMER as MASK2FORMER_TINY, TINY_MIT
+from tests.tiny_models import TINY_EOMT, TINY_MASK2FORMER as MASK2FORMER_TINY, TINY_MIT
 
 # two layers in the first stage: regional compilation reuses one graph for both
 MIT_TINY = dict(TINY_MIT, backbone_kwargs=dict(TINY_MIT["backbone_kwargs"], depths=[2, 1, 1, 1]))
@@ -34,6 +34,8 @@ def _fresh_dynamo_caches():
 def _tiny_model(name: str, tiny: dict, **kwargs) -> nn.Module:
     if name.startswith("segformer_mit_"):
         return segzoo.create_model(name, num_classes=3, **MIT_TINY, **kwargs)
+    if name.startswith("eomt_"):  # no decoder width: its queries run in the ViT's last blocks
+        return segzoo.create_model(name, num_classes=3, **TINY_EOMT, **kwargs)
     extra = MASK2FORMER_TINY if name.startswith("mask2former_") else {}
     return segzoo.create_model(name, num_classes=3, **{**tiny, **extra}, **kwargs)
 
@@ -74,6 +76,7 @@ def _assert_matches_eager(model: nn.Module, mode: str, x: torch.Tensor, train: b
     ("upernet_dinov3_base", 64),
     ("dpt_dinov3_base", 48),             # odd token grid: DPT's fusion resamples its residuals
     ("mask2former_dinov3_base", 64),
+    ("eomt_dinov3_base", 48),            # queries and masked attention through the compiled blocks
     ("segformer_mit_b0", 64),
 ])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
@@ -91,7 +94,7 @@ def test_regional_compile_matches_eager(tiny, name, size, train):
 
 
 @pytest.mark.parametrize("name", ["segformer_dinov3_base", "segformer_dinov2_small", "upernet_dinov3_base",
-                                  "segformer_mit_b0"])
+                                  "eomt_dinov3_base", "segformer_mit_b0"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_whole_compile_at_a_fixed_size_matches_eager(tiny, name, train):
     size = 70 if "dinov2" in name else 48 if "dinov3" in name else 64

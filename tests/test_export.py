@@ -7,23 +7,24 @@ import sys
 import pytest
 
 import segzoo
-from tests.tiny_models import TINY_MASK2FORMER, TINY_MIT, TINY_VIT
+from tests.tiny_models import TINY_EOMT, TINY_MASK2FORMER, TINY_MIT, TINY_VIT
 
 pytest.importorskip("onnxruntime", reason="the export extra (pip install 'segzoo[export]')")
 
 TINY = dict(backbone_kwargs=TINY_VIT, decoder_hidden_size=32)
 
 
-@pytest.mark.parametrize("name, size, extra", [
-    ("segformer_dinov3_small", 64, {}),
-    ("upernet_dinov2_small", 56, {}),
-    ("dpt_dinov2_reg4_small", 42, {}),
-    ("segformer_retfound_large", 48, {}),
-    ("segformer_visionfm_base", 48, {}),
-    ("mask2former_dinov3_small", 32, TINY_MASK2FORMER),
+@pytest.mark.parametrize("name, size, kwargs", [
+    ("segformer_dinov3_small", 64, TINY),
+    ("upernet_dinov2_small", 56, TINY),
+    ("dpt_dinov2_reg4_small", 42, TINY),
+    ("segformer_retfound_large", 48, TINY),
+    ("segformer_visionfm_base", 48, TINY),
+    ("mask2former_dinov3_small", 32, {**TINY, **TINY_MASK2FORMER}),
+    ("eomt_dinov3_small", 32, TINY_EOMT),  # a new model: masked attention on, traced into the graph
 ])
-def test_vit_families_export_at_their_size_with_a_dynamic_batch(tmp_path, name, size, extra):
-    model = segzoo.create_model(name, num_classes=3, img_size=size, **TINY, **extra).train()
+def test_vit_families_export_at_their_size_with_a_dynamic_batch(tmp_path, name, size, kwargs):
+    model = segzoo.create_model(name, num_classes=3, img_size=size, **kwargs).train()
     path = segzoo.export_onnx(model, tmp_path / "model.onnx")  # checks batch 1 and 3 against eager (<= 1e-4)
     assert path.stat().st_size > 0 and model.training  # its mode is restored
 
