@@ -56,7 +56,7 @@ class ModelSection:
     """Which zoo model to build and where its backbone weights come from."""
 
     name: str = _field("", "registered zoo name, optionally with a tag; \"\" -> `{head}_{backbone}_{backbone_size}`")
-    head: str = _field("segformer", "segformer | upernet | mask2former | dpt (used when `name` is \"\")")
+    head: str = _field("segformer", "segformer | upernet | mask2former | dpt | eomt (used when `name` is \"\")")
     backbone: str = _field("dinov3", "dinov3 | dinov2 | dinov2_reg4 | retfound | retfound_dinov2 | visionfm")
     backbone_size: str = _field("large", "small | base | large | giant (the sizes the backbone family has)")
     decoder_hidden_size: Optional[int] = _field(None, "decode head width (SegFormer's MLP, UperNet's channels, DPT's "

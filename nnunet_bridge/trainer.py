@@ -11,7 +11,9 @@ pieces that each override one concern (``nnunet_bridge/training/``):
 - :class:`~nnunet_bridge.training.optimisation.AdamWWarmupPoly`: AdamW with LoRA-aware
   groups, linear warm-up then poly decay (nnU-Net's Primus recipe), gradient clipping;
 - :class:`~nnunet_bridge.training.losses.SetPredictionLoss`: ``DC_and_CE_loss`` for per-pixel
-  heads, the model's own set loss for Mask2Former;
+  heads, the model's own set loss for Mask2Former and EoMT;
+- :class:`~nnunet_bridge.training.mask_annealing.AnnealsMaskedAttention`: EoMT's masked
+  attention annealed from the epoch count;
 - :class:`~nnunet_bridge.training.checkpoints.ZooCheckpoints`: atomic checkpoints with the
   resolved config inside; a checkpoint of another model layout is an error naming the keys;
 - :class:`~nnunet_bridge.training.initial_weights.ZooInitialWeights`: pretrained or
@@ -40,6 +42,7 @@ from .training.compilation import COMPILE_ENV, CompilesRegionally
 from .training.data_parallel import DataParallelTraining
 from .training.initial_weights import PRETRAINED_WEIGHTS_ENV, ZooInitialWeights
 from .training.losses import SetPredictionLoss
+from .training.mask_annealing import AnnealsMaskedAttention
 from .training.optimisation import AdamWWarmupPoly
 
 __all__ = [
@@ -57,7 +60,7 @@ CONFIG_FILENAME = "segzoo_config.yaml"
 
 
 class nnUNetTrainerSegZoo(LogsTrainingThroughput, DataParallelTraining, CompilesRegionally, AdamWWarmupPoly,
-                          SetPredictionLoss, ZooInitialWeights):
+                          SetPredictionLoss, AnnealsMaskedAttention, ZooInitialWeights):
     """Trains the zoo model that the configuration's plans name (see ``nnunet_bridge.plans``)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

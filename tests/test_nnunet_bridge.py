@@ -346,3 +346,17 @@ def test_export_names_an_unknown_dataset_and_an_untrained_fold(tmp_path):
         result = subprocess.run([*command, dataset], env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert re.search(message, result.stderr), result.stderr
+
+
+def test_eomt_network_from_plans_predicts_per_pixel_and_anneals_through_the_wrapper():
+    from tests.tiny_models import TINY_EOMT
+
+    eomt = {"name": "eomt_dinov3_small", "pretrained": False, "kwargs": dict(TINY_EOMT)}
+    kwargs = arch_kwargs_from_config(load_config({"model": eomt, "lora": {"enabled": False}}), "backbone")
+    assert "decoder_hidden_size" not in kwargs["model_kwargs"] and "neck" not in kwargs["model_kwargs"]
+    network = get_network_from_plans(NETWORK_CLASS_NAME, kwargs, [], 3, 4, deep_supervision=False)
+    network.model.set_mask_annealing(1.0)
+    with torch.no_grad():
+        logits = network.eval()(torch.rand(2, 3, 40, 56))
+    assert logits.shape == (2, 4, 40, 56)  # what nnU-Net's predictor softmaxes, as for every zoo model
+    torch.testing.assert_close(logits.exp().sum(1), torch.ones(2, 40, 56))

@@ -575,3 +575,29 @@ def test_demo_runs_end_to_end_small():
         assert len(list((out / "predictions").glob("*.png"))) == 6
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_eomt_trains_with_its_own_loss_and_anneals_its_masks_by_epoch(nn_env, monkeypatch):
+    """The trainer's epoch count drives EoMT's masked-attention annealing; the set loss trains it."""
+    from nnunet_bridge.trainer import nnUNetTrainerSegZoo
+    from tests.tiny_models import TINY_EOMT
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, nn_env["env"][key])
+    config = nn_env["base"] / "eomt.yaml"
+    model = {"name": "eomt_dinov3_small", "pretrained": False, "kwargs": dict(TINY_EOMT)}
+    config.write_text(yaml.safe_dump({**TINY_CONFIG, "model": model}))
+    _bridge(["plan", str(RGB_ID), "--config", str(config)], nn_env["env"])
+    trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False), "2d_eomt_dinov3_small", 3,
+                                  _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
+    trainer.initialize()
+    eomt = trainer._bare_network().model
+    assert trainer.num_epochs == 2 and eomt.mask_probabilities == [1.0, 1.0]
+    trainer.current_epoch = 1  # half-way: 2 query blocks anneal over [1/4, 2/4] and [2/4, 3/4]
+    trainer.on_train_epoch_start()
+    assert eomt.mask_probabilities == [0.0, 1.0] and eomt.training
+    loss = trainer.train_step(_batch())["loss"]
+    assert np.isfinite(loss)
+    trainer.network.eval()
+    with torch.no_grad():
+        assert trainer.network(_batch()["data"]).shape == (2, 3, 64, 64)  # per pixel, for nnU-Net's validation

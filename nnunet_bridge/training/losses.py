@@ -15,7 +15,7 @@ __all__ = ["SetPredictionLoss"]
 
 class SetPredictionLoss(ZooTrainerBase):
     """``DC_and_CE_loss`` for per-pixel heads (the fair comparison with nnU-Net's U-Net); the
-    model's own ``compute_loss`` for set-prediction heads (Mask2Former), which cannot leave
+    model's own ``compute_loss`` for set-prediction heads (Mask2Former, EoMT), which cannot leave
     out an ignore label and so refuse datasets that have one."""
 
     def _build_loss(self):
@@ -33,7 +33,7 @@ class SetPredictionLoss(ZooTrainerBase):
 
 
 class _ModelOwnLoss:
-    """Set-prediction models (Mask2Former) train with ``model.compute_loss``; in eval mode
+    """Set-prediction models (Mask2Former, EoMT) train with ``model.compute_loss``; in eval mode
     they return semantic logits, which get nnU-Net's per-pixel loss for the validation curve."""
 
     def __init__(self, model: nn.Module, per_pixel_loss: Any):
