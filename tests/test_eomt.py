@@ -247,6 +247,20 @@ def test_classifier_methods_and_bad_settings_name_the_fix():
         _model(num_queries=0)
 
 
+def test_forward_features_are_the_normed_patch_tokens_the_mask_module_upscales():
+    model = _model("eomt_dinov2_small").eval()
+    assert model.feature_info == [dict(num_chs=64, reduction=14, module="backbone")]
+    x = torch.randn(1, 3, 70, 84)
+    with torch.no_grad():
+        (features,) = model.forward_features(x)
+        outputs = model.forward_set_predictions(x)
+        tokens, _ = model._encode(x, (5, 6))
+        queries = model.backbone.model.norm(tokens)[:, -8:]
+        masks, _ = model.decode_head(queries, features)
+    assert features.shape == (1, 64, 5, 6)
+    torch.testing.assert_close(masks, outputs["masks_queries_logits"])
+
+
 def test_full_size_defaults_on_meta():
     with torch.device("meta"):
         model = segzoo.create_model("eomt_dinov3_large", num_classes=4)

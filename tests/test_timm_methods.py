@@ -16,13 +16,14 @@ from torch import nn
 import segzoo
 from segzoo.optim import layer_id_of, param_groups
 from tests.checkpoint_layouts import source_vit
-from tests.tiny_models import TINY, TINY_MASK2FORMER, TINY_MIT
+from tests.tiny_models import TINY, TINY_EOMT, TINY_MASK2FORMER, TINY_MIT
 
 # (name, kwargs): one model per head, plus MiT
 MODELS = {
     "segformer": ("segformer_dinov2_reg4_small", TINY),
     "upernet": ("upernet_dinov3_small", TINY),
     "mask2former": ("mask2former_dinov2_small", {**TINY, **TINY_MASK2FORMER}),
+    "eomt": ("eomt_dinov3_small", TINY_EOMT),
     "mit": ("segformer_mit_b0", TINY_MIT),
 }
 
