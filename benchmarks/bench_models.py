@@ -73,7 +73,7 @@ class BackboneAlone(nn.Module):
 
 
 def build_variants(name: str, args: argparse.Namespace, compiled: bool) -> dict[str, nn.Module]:
-    kwargs = dict(num_classes=args.num_classes, **args.model_kwargs)
+    kwargs = dict(num_classes=args.num_classes, **args.kwargs_for.get(name, args.model_kwargs))
     if compiled and not name.startswith("segformer_mit_"):
         # a fixed size: position embeddings resampled once, no recompiles for new sizes
         kwargs["img_size"] = args.img_size
@@ -103,7 +103,7 @@ def compile_variant(module: nn.Module, mode: str, backend: str) -> None:
 def loss_of(module: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
     if isinstance(output, (list, tuple)):  # backbone alone
         return sum(o.float().mean() for o in output)
-    if hasattr(module, "compute_loss"):  # set-prediction models (Mask2Former) train with their own loss
+    if hasattr(module, "compute_loss"):  # set-prediction models (Mask2Former, EoMT) train with their own loss
         return module.compute_loss(output, target)
     return F.cross_entropy(output.float(), target)
 
@@ -291,6 +291,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="what to time (inference in a compiled mode compiles its own graphs first)")
     parser.add_argument("--model-kwargs", type=json.loads, default={},
                         help='extra create_model kwargs as JSON, e.g. \'{"backbone_kwargs": {"depth": 2}}\'')
+    parser.add_argument("--kwargs-for", nargs=2, action="append", default=[], metavar=("MODEL", "JSON"),
+                        help="create_model kwargs of one model instead of --model-kwargs (repeatable), e.g. "
+                             "--kwargs-for eomt_dinov3_small '{\"num_blocks\": 1}'")
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak for MFU (H100 bf16: 989)")
     parser.add_argument("--json", type=Path, default=None, help="also append the JSON lines to this file")
     parser.add_argument("--flops-only", action="store_true",
@@ -299,6 +302,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup < 1 or args.steps < 1:
         # the first step compiles, allocates and warms caches: timing it would make every ratio noise
         parser.error(f"--warmup and --steps must be >= 1 (got --warmup {args.warmup}, --steps {args.steps})")
+    args.kwargs_for = {name: json.loads(kwargs) for name, kwargs in args.kwargs_for}
     if args.amp is None:
         args.amp = "bf16" if args.device.startswith("cuda") else "none"
     return args

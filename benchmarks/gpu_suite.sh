@@ -17,7 +17,8 @@
 #   zoo_segformer   bench_models: segformer_dinov3_large, eager and regional, backbone / model, training
 #                   (with dynamo's recompile and graph-break logs)
 #   zoo_whole       bench_models: segformer_dinov3_large compiled as one graph (at most 150 s)
-#   zoo_heads       bench_models: mask2former, upernet and dpt on dinov3_large, eager and regional, training
+#   zoo_heads       bench_models: eomt, mask2former, upernet and dpt on dinov3_large, eager and regional,
+#                   training (EoMT first: its target is 0.85x the backbone's training speed)
 #   nnunet_unet     bench_nnunet_training: nnU-Net's own 2d U-Net, as long, on the same data
 #   m2f_loss        bench_mask2former_loss: transformers' matcher vs the batched one
 #   zoo_mit         bench_models: segformer_mit_b5, eager and regional, training and inference
@@ -46,7 +47,7 @@ if [ -n "${SUITE_SMOKE:-}" ]; then
   tiny='{"backbone_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}, "decoder_hidden_size": 32}'
   tiny_mit='{"backbone_kwargs": {"hidden_sizes": [16, 32, 32, 64], "depths": [1, 1, 1, 1]}, "decoder_hidden_size": 32}'
   large=segformer_dinov3_small; upernet=upernet_dinov3_small; m2f=mask2former_dinov3_small; mit=segformer_mit_b0
-  dpt=dpt_dinov3_small
+  dpt=dpt_dinov3_small; eomt=eomt_dinov3_small; tiny_eomt='{"backbone_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}, "num_blocks": 1}'
   size=64; batch=2; backend=aot_eager; nnunet_args=(--model segformer_dinov3_small --size 64 --cases 6 --epochs 1
     --iterations 2 --tiny --workers 1 --device cpu); m2f_args=(--batch 2 --img-size 64 --queries 8 --device cpu)
   ddp_args=()
@@ -54,7 +55,7 @@ if [ -n "${SUITE_SMOKE:-}" ]; then
 else
   device=cuda; tiny='{}'; tiny_mit='{}'
   large=segformer_dinov3_large; upernet=upernet_dinov3_large; m2f=mask2former_dinov3_large; mit=segformer_mit_b5
-  dpt=dpt_dinov3_large
+  dpt=dpt_dinov3_large; eomt=eomt_dinov3_large; tiny_eomt='{}'
   size=512; batch=8; backend=inductor; nnunet_args=(--device cuda --workers 12 --batch "$batch" --cases 12 --iterations 30)
   m2f_args=(--batch 8 --img-size 512 --device cuda); ddp_args=(--epochs 1 --iterations 10)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
@@ -99,8 +100,8 @@ stage zoo_segformer 70 env TORCH_LOGS=recompiles,graph_breaks "${bench[@]}" --mo
   --variants backbone model --compile-modes eager regional --model-kwargs "$tiny"
 stage zoo_whole 150 "${bench[@]}" --models "$large" --variants backbone model --compile-modes whole \
   --measure train --model-kwargs "$tiny"
-stage zoo_heads 150 "${bench[@]}" --models "$m2f" "$upernet" "$dpt" --variants backbone model --measure train \
-  --compile-modes eager regional --model-kwargs "$tiny"
+stage zoo_heads 210 "${bench[@]}" --models "$eomt" "$m2f" "$upernet" "$dpt" --variants backbone model \
+  --measure train --compile-modes eager regional --model-kwargs "$tiny" --kwargs-for "$eomt" "$tiny_eomt"
 stage nnunet_unet 130 "${nnunet[@]}" --stages unet
 stage m2f_loss 25 "$python" benchmarks/bench_mask2former_loss.py "${m2f_args[@]}" --json "$out/results.jsonl"
 stage zoo_mit 80 "${bench[@]}" --models "$mit" --variants backbone model --compile-modes eager regional \

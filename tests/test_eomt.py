@@ -268,3 +268,14 @@ def test_full_size_defaults_on_meta():
     assert (head.num_queries, head.num_blocks, len(head.upscale_block.block)) == (100, 4, 2)
     assert model.backbone.depth == 24 and model.mask_probabilities == [1.0] * 4
     assert model.model_kwargs == {"num_classes": 4, "in_chans": 3}
+
+
+def test_without_deep_supervision_an_annealed_model_trains_on_the_final_prediction_only():
+    model = _model(deep_supervision=False)
+    assert len(model(torch.randn(1, 3, 28, 28))["auxiliary_outputs"]) == 0
+    x, target = _batch((28, 42))
+    model.set_mask_annealing(1.0)
+    loss = model.compute_loss(model(x), target)
+    assert torch.isfinite(loss)
+    loss.backward()  # the head's modules all still take part in the final prediction
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []

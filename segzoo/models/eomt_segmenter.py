@@ -83,7 +83,8 @@ class EomtSegmenter(MaskClassificationSegmenter):
 
     def _encode(self, padded: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Every ViT block, the queries joined for the last ``num_blocks``: the final tokens
-        (``[prefix, patches, queries]``) and, in training, the prediction before each query block."""
+        (``[prefix, patches, queries]``) and, in training with deep supervision, the prediction
+        before each query block (computed otherwise only for a block that still masks)."""
         backbone, head = self.backbone, self.decode_head
         tokens, rope = backbone.embed_tokens(padded)
         first_query_block = backbone.depth - head.num_blocks
@@ -96,15 +97,17 @@ class EomtSegmenter(MaskClassificationSegmenter):
         for offset, probability in enumerate(head.mask_probabilities):
             index = first_query_block + offset
             attn_mask = None
-            if self.training or probability > 0:
+            supervised = self.training and head.deep_supervision
+            if supervised or probability > 0:
                 mask_logits, class_logits = self._predict(tokens, grid)
-                if self.training:
+                if supervised:
                     auxiliary.append({"class_queries_logits": class_logits, "masks_queries_logits": mask_logits})
-                fused = getattr(backbone.model.blocks[index].attn, "fused_attn", True)
-                attn_mask = query_attention_mask(
-                    mask_logits, grid, backbone.num_prefix_tokens, probability if self.training else 1.0,
-                    additive_dtype=None if fused else tokens.dtype,
-                )
+                if probability > 0:  # an annealed block runs without a mask: SDPA keeps its fastest kernels
+                    fused = getattr(backbone.model.blocks[index].attn, "fused_attn", True)
+                    attn_mask = query_attention_mask(
+                        mask_logits, grid, backbone.num_prefix_tokens, probability if self.training else 1.0,
+                        additive_dtype=None if fused else tokens.dtype,
+                    )
             tokens = backbone.run_block(index, tokens, rope, attn_mask=attn_mask)
         return tokens, auxiliary
 
