@@ -1,6 +1,6 @@
 """Export a zoo model to ONNX (through ``torch.export``), checked against eager.
 
-Every per-pixel model exports (SegFormer, UperNet, DPT, MiT, and Mask2Former in eval, whose
+Every per-pixel model exports (SegFormer, UperNet, DPT, MiT, and Mask2Former and EoMT in eval, whose
 output is per-pixel log-probabilities): one ONNX file, input ``image`` ``(B, C, H, W)``,
 output ``logits`` ``(B, num_classes, H, W)``. The batch is always dynamic. Height and width
 are dynamic for MiT (a hierarchical CNN-like encoder: any size of at least 32 px); the ViT
