@@ -587,11 +587,11 @@ def test_eomt_trains_with_its_own_loss_and_anneals_its_masks_by_epoch(nn_env, mo
     config = nn_env["base"] / "eomt.yaml"
     model = {"name": "eomt_dinov3_small", "pretrained": False, "kwargs": dict(TINY_EOMT)}
     config.write_text(yaml.safe_dump({**TINY_CONFIG, "model": model}))
-    _bridge(["plan", str(RGB_ID), "--config", str(config)], nn_env["env"])
+    bridge(["plan", str(RGB_ID), "--config", str(config)], nn_env["env"])
     trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False), "2d_eomt_dinov3_small", 3,
                                   _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
     trainer.initialize()
-    eomt = trainer._bare_network().model
+    eomt = trainer.bare_network().model
     assert trainer.num_epochs == 2 and eomt.mask_probabilities == [1.0, 1.0]
     trainer.current_epoch = 1  # half-way: 2 query blocks anneal over [1/4, 2/4] and [2/4, 3/4]
     trainer.on_train_epoch_start()

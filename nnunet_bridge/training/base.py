@@ -20,6 +20,7 @@ class ZooTrainerBase(nnUNetTrainer):
     (the planned architecture), which that trainer sets.
     """
 
-    def _bare_network(self) -> ZooNetwork:
+    def bare_network(self) -> ZooNetwork:
+        """The zoo network itself, outside any DistributedDataParallel or torch.compile wrapper."""
         network = self.network.module if isinstance(self.network, DDP) else self.network
         return network._orig_mod if isinstance(network, OptimizedModule) else network

@@ -31,7 +31,7 @@ class ZooCheckpoints(ZooTrainerBase):
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
         checkpoint = {
-            "network_weights": self._bare_network().state_dict(),
+            "network_weights": self.bare_network().state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "lr_scheduler_state": self.lr_scheduler.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
@@ -57,7 +57,7 @@ class ZooCheckpoints(ZooTrainerBase):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
         weights = strip_module_prefix(checkpoint["network_weights"])
         self._check_layout(weights, checkpoint, where=str(filename_or_checkpoint)[:300])
-        self._bare_network().load_state_dict(weights)
+        self.bare_network().load_state_dict(weights)
         self.my_init_kwargs = checkpoint["init_args"]
         self.current_epoch = checkpoint["current_epoch"]
         self.logger.load_checkpoint(checkpoint["logging"])
@@ -77,7 +77,7 @@ class ZooCheckpoints(ZooTrainerBase):
 
     def _check_layout(self, weights: dict[str, torch.Tensor], checkpoint: dict, where: str,
                       allowed: set[str] = frozenset()) -> None:
-        own = self._bare_network().state_dict()
+        own = self.bare_network().state_dict()
         missing = sorted(set(own) - set(weights))
         unexpected = sorted(set(weights) - set(own))
         shapes = sorted(k for k in set(own) & set(weights) if k not in allowed and own[k].shape != weights[k].shape)

@@ -53,7 +53,7 @@ class CompilesRegionally(ZooTrainerBase):
                 f"train.compile_backend {backend!r} is not a torch.compile backend; "
                 f"choose one of {torch._dynamo.list_backends()} (or set {COMPILE_ENV}=f)"
             )
-        compile_model(self._bare_network().model, "regional", backend=backend)
+        compile_model(self.bare_network().model, "regional", backend=backend)
         self.print_to_log_file(
             f"Compiling the zoo model regionally (torch.compile, backend {backend}): each encoder block, "
             f"then neck and head. {COMPILE_ENV}=f turns this off"
@@ -79,7 +79,7 @@ class CompilesRegionally(ZooTrainerBase):
         In a DDP run every rank decides together (:meth:`_check_compiles_on_every_rank`)."""
         if what in self._compiled_steps_checked:
             return step(*args)
-        if not is_compiled(self._bare_network().model):  # eager: decided once, not by walking modules each step
+        if not is_compiled(self.bare_network().model):  # eager: decided once, not by walking modules each step
             self._compiled_steps_checked.add(what)
             return step(*args)
         if self.is_ddp:
@@ -113,7 +113,7 @@ class CompilesRegionally(ZooTrainerBase):
     def _try_compiled_forward(self, what: str) -> None:
         """The compiled graphs ``what`` runs (forward, and backward for training), on zeros of the
         step's shape, leaving weights, BatchNorm statistics and gradients as they were."""
-        network = self._bare_network()
+        network = self.bare_network()
         training = what == "training step"
         batch = 1 if what == "final validation" else self.batch_size
         x = torch.zeros((batch, self.num_input_channels, *self.configuration_manager.patch_size), device=self.device)
@@ -140,7 +140,7 @@ class CompilesRegionally(ZooTrainerBase):
                    f"Set {COMPILE_ENV}=f to skip compiling")
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         self.print_to_log_file(message)
-        uncompile_model(self._bare_network().model)
+        uncompile_model(self.bare_network().model)
         self.optimizer.zero_grad(set_to_none=True)
 
 

@@ -28,7 +28,7 @@ class ZooInitialWeights(ZooCheckpoints):
     def initialize(self) -> None:
         super().initialize()
         self._load_initial_weights()
-        model = self._bare_network().model
+        model = self.bare_network().model
         if hasattr(model, "print_trainable_parameters"):
             model.print_trainable_parameters(detailed=True)
 
@@ -52,7 +52,7 @@ class ZooInitialWeights(ZooCheckpoints):
         arch = self.segzoo_arch
         where = f"checkpoint_path={model_cfg.checkpoint_path}" if model_cfg.checkpoint_path else "from the Hub"
         try:  # into the model as built (LoRA included): no second model just to copy its weights
-            segzoo.load_backbone_weights(self._bare_network().model, checkpoint_path=model_cfg.checkpoint_path or None)
+            segzoo.load_backbone_weights(self.bare_network().model, checkpoint_path=model_cfg.checkpoint_path or None)
         except Exception as err:
             raise RuntimeError(
                 f"could not load the pretrained weights of {arch['model_name']} ({where}): "
@@ -66,12 +66,12 @@ class ZooInitialWeights(ZooCheckpoints):
         whose shape differs (another number of classes) are re-initialised, and said so."""
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         weights = strip_module_prefix(checkpoint["network_weights"])
-        own = self._bare_network().state_dict()
+        own = self.bare_network().state_dict()
         head = "model.decode_head."
         reinit = [k for k in own if k in weights and own[k].shape != weights[k].shape and k.startswith(head)]
         self._check_layout(weights, checkpoint, where=path, allowed=set(reinit))
         kept = {k: v for k, v in weights.items() if k not in reinit}
-        self._bare_network().load_state_dict({**own, **kept})
+        self.bare_network().load_state_dict({**own, **kept})
         self.print_to_log_file(f"Loaded weights from {path}")
         if reinit:
             self.print_to_log_file(

@@ -20,7 +20,7 @@ class SetPredictionLoss(ZooTrainerBase):
 
     def _build_loss(self):
         per_pixel_loss = super()._build_loss()  # DC_and_CE_loss (deep supervision is off)
-        model = self._bare_network().model
+        model = self.bare_network().model
         if hasattr(model, "compute_loss"):
             if self.label_manager.has_ignore_label:
                 raise ConfigError(

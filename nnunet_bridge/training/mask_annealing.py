@@ -14,7 +14,7 @@ class AnnealsMaskedAttention(ZooTrainerBase):
     resumes at its epoch."""
 
     def on_train_epoch_start(self):
-        model = self._bare_network().model
+        model = self.bare_network().model
         if hasattr(model, "set_mask_annealing"):
             model.set_mask_annealing(min(self.current_epoch / self.num_epochs, 1.0))
         super().on_train_epoch_start()

@@ -19,7 +19,7 @@ class AdamWWarmupPoly(ZooTrainerBase):
 
     def configure_optimizers(self):
         train = self.segzoo_config.train
-        groups = build_param_groups(self._bare_network(), self.initial_lr, self.weight_decay,
+        groups = build_param_groups(self.bare_network(), self.initial_lr, self.weight_decay,
                                     float(train.layer_decay), float(train.head_lr_mult))
         optimizer = torch.optim.AdamW(
             groups, lr=self.initial_lr, weight_decay=self.weight_decay, betas=tuple(train.betas),

@@ -56,7 +56,7 @@ class nnUNetTrainerSegZooRankReport(nnUNetTrainerSegZoo):
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         super().perform_actual_validation(save_probabilities)
-        bare = self._bare_network()
+        bare = self.bare_network()
         report = {
             "weights": {k: v.detach().cpu().clone() for k, v in bare.state_dict().items()},
             "resumed_from_epoch": self.resumed_from_epoch,
