@@ -29,9 +29,11 @@ import segzoo  # noqa: E402
 from nnunet_bridge.synthetic import LABELS  # noqa: E402
 
 SMALL_VIT = {"depth": 4, "embed_dim": 96, "num_heads": 3}  # the demo's backbone
-# decoders as narrow as the demo's, so that no head's width dwarfs this backbone (EoMT has no decoder)
+# decoders as narrow as the demo's, so that no head's width dwarfs this backbone; EoMT (no decoder) runs
+# its queries through the last of the 4 blocks, about the share the paper's 4 of 24 blocks take in ViT-L
 HEAD_KWARGS = {"segformer": {"decoder_hidden_size": 64}, "upernet": {"decoder_hidden_size": 64},
-               "dpt": {"decoder_hidden_size": 64}, "mask2former": {"decoder_hidden_size": 64}}
+               "dpt": {"decoder_hidden_size": 64}, "mask2former": {"decoder_hidden_size": 64},
+               "eomt": {"num_blocks": 1}}
 
 
 def main(argv: list[str] | None = None) -> dict:

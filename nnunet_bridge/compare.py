@@ -306,8 +306,11 @@ def _parameters(folder: Path, folds: list[int]) -> int | None:
             path = folder / f"fold_{fold}" / name
             if path.is_file():
                 weights = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["network_weights"]
-                return sum(v.numel() for k, v in weights.items()
-                           if v.is_floating_point() and not k.endswith(_NOT_PARAMETERS))
+                # a tensor under two names is one parameter: nnU-Net's U-Net decoder keeps a reference to its
+                # encoder, so every encoder weight is in the state dict twice (saving keeps the sharing)
+                unique = {(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel()
+                          for k, v in weights.items() if v.is_floating_point() and not k.endswith(_NOT_PARAMETERS)}
+                return sum(unique.values())
     return None
 
 

@@ -154,10 +154,7 @@ def test_compare_reports_the_numbers_of_the_summary_files(runs, tmp_path):
     assert f"{ZOO}, fold 1: not trained" in report
     # training cost: the epochs logged and the parameters of each network
     for run_folder in (UNET_RUN, ZOO_RUN):
-        weights = _checkpoint_weights(results / run_folder / "fold_0")
-        # weights, not BatchNorm's running statistics (SegFormer's head has them)
-        parameters = sum(v.numel() for k, v in weights.items() if not k.endswith(("running_mean", "running_var",
-                                                                                   "num_batches_tracked")))
+        parameters = _network_parameters(results / run_folder)  # the network built from its plans
         assert f"{EPOCHS} epochs per fold" in out and f"{parameters / 1e6:.2f} M parameters" in out
     figure = Image.open(tmp_path / "comparison.png")
     assert figure.size[0] > 800 and figure.size[1] > 600
@@ -214,6 +211,23 @@ def test_compare_names_an_unknown_dataset(tmp_path):
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _network_parameters(run_folder: Path) -> int:
+    """``parameters()`` of the network nnU-Net builds for a run (U-Net: its decoder shares the encoder)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = PlansManager(json.loads((run_folder / "plans.json").read_text()))
+    dataset_json = json.loads((run_folder / "dataset.json").read_text())
+    config = plans.get_configuration(run_folder.name.rsplit("__", 1)[1])
+    network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                     config.network_arch_init_kwargs_req_import,
+                                     determine_num_input_channels(plans, config, dataset_json),
+                                     plans.get_label_manager(dataset_json).num_segmentation_heads, allow_init=True,
+                                     deep_supervision=True)
+    return sum(p.numel() for p in network.parameters())
 
 
 def _checkpoint_weights(fold: Path) -> dict:
