@@ -20,17 +20,17 @@ from transformers import EomtConfig
 from transformers.models.eomt.modeling_eomt import EomtLoss, EomtMaskHead, EomtPreTrainedModel, EomtScaleBlock
 
 from .._validation import positive_int
+from .mask_classifier import MaskClassifierMixin, MaskOutputs
 from .mask_matching import BatchedHungarianMatcher
 
 __all__ = ["EomtHead", "create_eomt_head", "mask_annealing_probability", "query_attention_mask"]
 
-MaskOutputs = dict[str, Any]  # class_queries_logits, masks_queries_logits, auxiliary_outputs
 
 # the paper's schedule: (1 - t) ** 0.9 inside each block's window
 _ANNEALING_POWER = 0.9
 
 
-class EomtHead(EomtPreTrainedModel):
+class EomtHead(MaskClassifierMixin, EomtPreTrainedModel):
     """Query tokens and patch tokens (after the ViT's final norm) -> class and mask logits.
 
     A transformers ``PreTrainedModel`` only so that transformers' own EoMT initialisation
@@ -70,11 +70,6 @@ class EomtHead(EomtPreTrainedModel):
         self.register_load_state_dict_post_hook(_read_mask_probs)
         self.post_init()
 
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        # _init_weights is transformers' own, inherited unchanged (see Mask2FormerHead)
-        return False
-
     def forward(self, queries: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         class_logits = self.class_predictor(queries)
         mask_logits = torch.einsum("bqc,bchw->bqhw", self.mask_head(queries), self.upscale_block(patches))
@@ -99,32 +94,6 @@ class EomtHead(EomtPreTrainedModel):
                 self.attn_mask_probs.copy_(torch.tensor(probs, dtype=self.attn_mask_probs.dtype))
 
     # -- the zoo's mask-classification interface -----------------------------------------
-
-    def get_classifier(self) -> nn.Linear:
-        """The class predictor: ``num_classes + 1`` outputs, the last one "no object"."""
-        return self.class_predictor
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh class predictor for ``num_classes`` classes plus "no object"; the loss follows."""
-        num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
-        old = self.class_predictor
-        predictor = nn.Linear(old.in_features, num_classes + 1, device=old.weight.device, dtype=old.weight.dtype)
-        self._init_weights(predictor)
-        self.class_predictor = predictor
-        self.num_classes = num_classes
-        self.config.num_labels = num_classes
-        criterion = self.criterion
-        empty_weight = criterion.empty_weight.new_ones(num_classes + 1)
-        empty_weight[-1] = criterion.eos_coef
-        criterion.num_labels = num_classes
-        criterion.empty_weight = empty_weight  # stays a registered buffer
-
-    def semantic_probabilities(self, outputs: MaskOutputs) -> torch.Tensor:
-        """``(B, num_classes, h, w)``: sum over queries of P(class) x P(pixel in mask) (EoMT's
-        semantic inference, as Mask2Former's); "no object" dropped."""
-        class_probs = outputs["class_queries_logits"].float().softmax(-1)[..., :-1]
-        mask_probs = outputs["masks_queries_logits"].float().sigmoid()
-        return torch.einsum("bqc,bqhw->bchw", class_probs, mask_probs)
 
     def loss_components(
         self, outputs: MaskOutputs, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor]

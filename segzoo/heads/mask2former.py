@@ -9,7 +9,7 @@ in ``eval()`` and exposes the loss for training.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -22,11 +22,11 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from .._validation import positive_int
+from .mask_classifier import MaskClassifierMixin, MaskOutputs
 from .mask_matching import BatchedHungarianMatcher
 
 __all__ = ["Mask2FormerHead", "create_mask2former_head", "label_map_to_mask_targets"]
 
-MaskOutputs = dict[str, Any]  # class_queries_logits, masks_queries_logits, auxiliary_outputs
 
 
 class OneChannelGroupNorm(nn.GroupNorm):
@@ -45,7 +45,7 @@ class OneChannelGroupNorm(nn.GroupNorm):
         return super().forward(input)
 
 
-class Mask2FormerHead(Mask2FormerPreTrainedModel):
+class Mask2FormerHead(MaskClassifierMixin, Mask2FormerPreTrainedModel):
     """Feature pyramid (finest map first) -> ``num_queries`` class logits and mask logits.
 
     A transformers ``PreTrainedModel`` only so that transformers' own Mask2Former weight
@@ -80,13 +80,6 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
                 module.__class__ = OneChannelGroupNorm  # same parameters; takes one-patch inputs at width 32
         self.post_init()
 
-    @classmethod
-    def is_custom_code(cls) -> bool:
-        # _init_weights is transformers' own, inherited unchanged; without this, transformers
-        # treats a subclass outside its package as remote code and skips parent-module inits
-        # (e.g. the deformable attention's sampling-offset grid).
-        return False
-
     def forward(self, features: Sequence[torch.Tensor]) -> MaskOutputs:
         pixel = self.pixel_decoder(list(features), output_attentions=False, output_hidden_states=False)
         decoded = self.transformer_module(
@@ -105,39 +98,6 @@ class Mask2FormerHead(Mask2FormerPreTrainedModel):
                 for c, m in zip(class_logits[:-1], mask_logits[:-1])
             ],
         }
-
-    def get_classifier(self) -> nn.Linear:
-        """The class predictor: ``num_classes + 1`` outputs, the last one "no object"."""
-        return self.class_predictor
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A freshly initialised class predictor for ``num_classes`` classes plus "no object",
-        initialised as transformers initialises it; the loss follows (its "no object" index
-        and down-weighting)."""
-        num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
-        old = self.class_predictor
-        predictor = nn.Linear(old.in_features, num_classes + 1, device=old.weight.device, dtype=old.weight.dtype)
-        self._init_weights(predictor)
-        self.class_predictor = predictor
-        self.num_classes = num_classes
-        self.config.num_labels = num_classes
-        # Mask2FormerLoss fills unmatched queries with class num_labels ("no object") and weighs
-        # that class by no_object_weight: both must move with the count
-        criterion = self.criterion
-        empty_weight = criterion.empty_weight.new_ones(num_classes + 1)
-        empty_weight[-1] = criterion.eos_coef
-        criterion.num_labels = num_classes
-        criterion.empty_weight = empty_weight  # stays a registered buffer
-
-    def semantic_probabilities(self, outputs: MaskOutputs) -> torch.Tensor:
-        """``(B, num_classes, h, w)``: sum over queries of P(class) x P(pixel in mask).
-
-        Mask2Former's semantic inference; the "no object" class is dropped, so the
-        values are scores in ``[0, Q]`` that need not sum to 1 over classes.
-        """
-        class_probs = outputs["class_queries_logits"].float().softmax(-1)[..., :-1]
-        mask_probs = outputs["masks_queries_logits"].float().sigmoid()
-        return torch.einsum("bqc,bqhw->bchw", class_probs, mask_probs)
 
     def loss_components(
         self, outputs: MaskOutputs, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor]

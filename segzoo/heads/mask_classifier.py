@@ -1,0 +1,61 @@
+"""What every mask-classification head (Mask2Former, EoMT) shares: a class predictor with a
+"no object" output, its replacement for another class count, and semantic inference.
+
+The heads subclass transformers' ``PreTrainedModel`` classes and mix this in first; they
+provide ``class_predictor``, ``criterion`` (transformers' loss, with ``empty_weight`` and
+``eos_coef``), ``config`` and transformers' ``_init_weights``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import positive_int
+
+__all__ = ["MaskClassifierMixin", "MaskOutputs"]
+
+MaskOutputs = dict[str, Any]  # class_queries_logits, masks_queries_logits, auxiliary_outputs
+
+
+class MaskClassifierMixin:
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # _init_weights is transformers' own, inherited unchanged; without this, transformers
+        # treats a subclass outside its package as remote code and skips parent-module inits
+        # (e.g. Mask2Former's deformable-attention sampling-offset grid).
+        return False
+
+    def get_classifier(self) -> nn.Linear:
+        """The class predictor: ``num_classes + 1`` outputs, the last one "no object"."""
+        return self.class_predictor
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh class predictor for ``num_classes`` classes plus "no object", initialised as
+        transformers initialises it; the loss follows (its "no object" index and down-weighting)."""
+        num_classes = positive_int("num_classes", num_classes, "the number of classes, background included")
+        old = self.class_predictor
+        predictor = nn.Linear(old.in_features, num_classes + 1, device=old.weight.device, dtype=old.weight.dtype)
+        self._init_weights(predictor)
+        self.class_predictor = predictor
+        self.num_classes = num_classes
+        self.config.num_labels = num_classes
+        # the loss fills unmatched queries with class num_labels ("no object") and weighs that
+        # class by eos_coef: both must move with the count
+        criterion = self.criterion
+        empty_weight = criterion.empty_weight.new_ones(num_classes + 1)
+        empty_weight[-1] = criterion.eos_coef
+        criterion.num_labels = num_classes
+        criterion.empty_weight = empty_weight  # stays a registered buffer
+
+    def semantic_probabilities(self, outputs: MaskOutputs) -> torch.Tensor:
+        """``(B, num_classes, h, w)``: sum over queries of P(class) x P(pixel in mask).
+
+        The "no object" class is dropped, so the values are scores in ``[0, Q]`` that need
+        not sum to 1 over classes.
+        """
+        class_probs = outputs["class_queries_logits"].float().softmax(-1)[..., :-1]
+        mask_probs = outputs["masks_queries_logits"].float().sigmoid()
+        return torch.einsum("bqc,bqhw->bchw", class_probs, mask_probs)
