@@ -20,7 +20,7 @@ from transformers import EomtConfig
 from transformers.models.eomt.modeling_eomt import EomtLoss, EomtMaskHead, EomtPreTrainedModel, EomtScaleBlock
 
 from .._validation import positive_int
-from .mask_classifier import MaskClassifierMixin, MaskOutputs
+from .mask_classifier import MaskClassifierMixin
 from .mask_matching import BatchedHungarianMatcher
 
 __all__ = ["EomtHead", "create_eomt_head", "mask_annealing_probability", "query_attention_mask"]
@@ -95,25 +95,10 @@ class EomtHead(MaskClassifierMixin, EomtPreTrainedModel):
 
     # -- the zoo's mask-classification interface -----------------------------------------
 
-    def loss_components(
-        self, outputs: MaskOutputs, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Weighted Hungarian-matched losses (class cross-entropy, mask BCE, mask dice) of the
-        final prediction and, with deep supervision, of the prediction before each query block."""
-        aux = (outputs.get("auxiliary_outputs") or None) if self.deep_supervision else None
-        if aux is not None:
-            aux = [{k: v.float() for k, v in layer.items()} for layer in aux]
-        losses = self.criterion(
-            masks_queries_logits=outputs["masks_queries_logits"].float(),
-            class_queries_logits=outputs["class_queries_logits"].float(),
-            mask_labels=mask_labels,
-            class_labels=class_labels,
-            auxiliary_predictions=aux,
-        )
-        for name in losses:
-            weight = next(w for key, w in self.loss_weights.items() if name.startswith(key))
-            losses[name] = losses[name] * weight
-        return losses
+    @property
+    def auxiliary_loss(self) -> bool:
+        """Whether the earlier predictions are supervised too (deep supervision)."""
+        return self.deep_supervision
 
 
 def _read_mask_probs(module: EomtHead, incompatible_keys: Any) -> None:

@@ -99,25 +99,10 @@ class Mask2FormerHead(MaskClassifierMixin, Mask2FormerPreTrainedModel):
             ],
         }
 
-    def loss_components(
-        self, outputs: MaskOutputs, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Weighted Hungarian-matched losses (class cross-entropy, mask BCE, mask dice) of
-        the last decoder layer and, with deep supervision, of every earlier layer."""
-        aux = (outputs.get("auxiliary_outputs") or None) if self.config.use_auxiliary_loss else None
-        if aux is not None:
-            aux = [{k: v.float() for k, v in layer.items()} for layer in aux]
-        losses = self.criterion(
-            masks_queries_logits=outputs["masks_queries_logits"].float(),
-            class_queries_logits=outputs["class_queries_logits"].float(),
-            mask_labels=mask_labels,
-            class_labels=class_labels,
-            auxiliary_predictions=aux,
-        )
-        for name in losses:
-            weight = next(w for key, w in self.loss_weights.items() if name.startswith(key))
-            losses[name] = losses[name] * weight
-        return losses
+    @property
+    def auxiliary_loss(self) -> bool:
+        """Whether the earlier predictions are supervised too (deep supervision)."""
+        return self.config.use_auxiliary_loss
 
 
 def create_mask2former_head(

@@ -3,7 +3,7 @@
 
 The heads subclass transformers' ``PreTrainedModel`` classes and mix this in first; they
 provide ``class_predictor``, ``criterion`` (transformers' loss, with ``empty_weight`` and
-``eos_coef``), ``config`` and transformers' ``_init_weights``.
+``eos_coef``), ``loss_weights``, ``auxiliary_loss``, ``config`` and transformers' ``_init_weights``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,26 @@ class MaskClassifierMixin:
         empty_weight[-1] = criterion.eos_coef
         criterion.num_labels = num_classes
         criterion.empty_weight = empty_weight  # stays a registered buffer
+
+    def loss_components(
+        self, outputs: MaskOutputs, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Weighted Hungarian-matched losses (class cross-entropy, mask BCE, mask dice) of the
+        final prediction and, with ``auxiliary_loss``, of every earlier one (in float32)."""
+        aux = (outputs.get("auxiliary_outputs") or None) if self.auxiliary_loss else None
+        if aux is not None:
+            aux = [{k: v.float() for k, v in layer.items()} for layer in aux]
+        losses = self.criterion(
+            masks_queries_logits=outputs["masks_queries_logits"].float(),
+            class_queries_logits=outputs["class_queries_logits"].float(),
+            mask_labels=mask_labels,
+            class_labels=class_labels,
+            auxiliary_predictions=aux,
+        )
+        for name in losses:
+            weight = next(w for key, w in self.loss_weights.items() if name.startswith(key))
+            losses[name] = losses[name] * weight
+        return losses
 
     def semantic_probabilities(self, outputs: MaskOutputs) -> torch.Tensor:
         """``(B, num_classes, h, w)``: sum over queries of P(class) x P(pixel in mask).
