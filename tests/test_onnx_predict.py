@@ -65,3 +65,28 @@ def test_rgb_channels_are_scaled_and_unknown_schemes_named():
     np.testing.assert_allclose(normalize_channel(values, channel, values > 0), [[0, 0.2, 1]])
     with pytest.raises(ValueError, match="MyNormalization.*nnUNetv2_predict"):
         normalize_channel(values, {"name": "x", "normalization": "MyNormalization"}, values > 0)
+
+
+def test_predictor_names_bad_input(tmp_path):
+    """A missing facts file, a wrong channel count and a wrong spacing are refused with the fix."""
+    pytest.importorskip("onnxruntime", reason="the export extra")
+    import json
+
+    import segzoo
+    from nnunet_bridge.onnx_predict import OnnxFoldPredictor
+    from tests.tiny_models import TINY
+
+    model = segzoo.create_model("segformer_dinov3_small", num_classes=2, **TINY)
+    onnx_path = segzoo.export_onnx(model, tmp_path / "fold.onnx", img_size=32)
+    with pytest.raises(FileNotFoundError, match="segzoo-nnunet export"):
+        OnnxFoldPredictor(onnx_path)
+    channel = {"name": "R", "normalization": "RGBTo01Normalization", "use_mask_for_norm": False}
+    facts = {"patch_size": [32, 32], "spacing": [1.0, 1.0], "labels": {"background": 0, "x": 1},
+             "channels": [dict(channel, index=i) for i in range(3)]}
+    (tmp_path / "fold.json").write_text(json.dumps(facts))
+    predictor = OnnxFoldPredictor(onnx_path)
+    with pytest.raises(ValueError, match="C=3 channels"):
+        predictor.predict(np.zeros((1, 40, 40), np.float32))
+    with pytest.raises(ValueError, match="resample"):
+        predictor.predict(np.zeros((3, 40, 40), np.float32), spacing=[0.5, 0.5])
+    assert predictor.predict(np.full((3, 40, 36), 128, np.float32)).shape == (40, 36)
