@@ -1,26 +1,49 @@
 # Two commands for a fresh machine (see README):
 #   make demo   set up .venv, then run the main job (nnU-Net demo on synthetic fundus images)
 #   make test   set up .venv, then run the test suite
+# Both install the versions in constraints.txt, the set the suite last passed with, so a new
+# release of a dependency cannot change a fresh machine's result. `make test-latest` runs the
+# suite against the newest releases instead; `make lock` records those as the new set.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the release the test suite runs with: an unpinned torch pulled in
 # by a dependency could resolve to another multi-GB build.
 TORCH := torch==2.14.1 torchvision==0.29.1
+LOCK := constraints.txt
 
-.PHONY: setup test demo bench gpu-wheels gpu-suite-smoke clean
+.PHONY: setup test test-latest lock demo bench gpu-wheels gpu-suite-smoke clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(LOCK) $(TORCH)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[dev]"
+	touch $@
+
+# The newest releases pyproject.toml allows, in a venv of their own (.venv-latest)
+LATEST := .venv-latest
+$(LATEST)/.installed: pyproject.toml
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q $(TORCH)
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
 	touch $@
 
 test: setup
 	$(BIN)/python -m pytest
+
+test-latest: $(LATEST)/.installed
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pytest
+
+# Record the newest releases as the versions `make test` installs (run `make test` after it)
+lock: $(LATEST)/.installed
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	{ echo "# Versions the test suite last passed with; \`make test\` installs them. Regenerate: make lock"; \
+	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^segzoo'; } > $(LOCK)
 
 demo: setup
 	$(BIN)/segzoo-nnunet demo
@@ -37,4 +60,4 @@ gpu-suite-smoke: setup
 	SUITE_SMOKE=1 PYTHON=$(BIN)/python OUT=gpu_results/smoke bash benchmarks/gpu_suite.sh
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache gpu_results .gpu_wheels
+	rm -rf $(VENV) $(LATEST) demo_output .pytest_cache gpu_results .gpu_wheels
