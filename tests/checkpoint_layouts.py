@@ -10,14 +10,14 @@ import torch
 
 from segzoo.backbones import get_backbone_spec
 
-from tests.tiny_models import TINY_VIT as TINY_BACKBONE
+from tests.tiny_models import tiny_vit
 
 
 def source_vit(backbone: str, **overrides) -> torch.nn.Module:
     """The unpruned timm ViT a published file was saved from, at test size, with random
     weights everywhere (layer scale and biases included, so a dropped key would show)."""
     spec = get_backbone_spec(backbone)
-    kwargs = {**spec.timm_kwargs, **TINY_BACKBONE, **overrides}
+    kwargs = {**spec.timm_kwargs, **tiny_vit(spec.name), **overrides}
     model = timm.create_model(spec.timm_arch, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
     with torch.no_grad():
         for p in model.parameters():

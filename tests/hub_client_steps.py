@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.hub_server import APPROVED_TOKEN
+from tests.tiny_models import tiny_kwargs
 
 PUSHED_REPO = "me/tiny-fundus-segformer"
 
@@ -55,7 +56,8 @@ def main(argv: list[str]) -> None:
         return {"max_diff": max_diff(m, os.path.join(ref_dir, "sat493m.safetensors")), "tag": m.pretrained_cfg["tag"]}
 
     def retfound():
-        m = segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2, **tiny)
+        m = segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2,
+                                **tiny_kwargs("segformer_retfound_large"))
         return {"max_diff": max_diff(m, os.path.join(ref_dir, "retfound.safetensors"))}
 
     def push():

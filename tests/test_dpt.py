@@ -13,6 +13,7 @@ from transformers.models.dpt.modeling_dpt import DPTNeck, DPTSemanticSegmentatio
 import segzoo
 from segzoo.necks import DPTReassemble
 from tests.checkpoint_layouts import source_vit
+from tests.tiny_models import tiny_kwargs
 
 
 def _reference(model: segzoo.Segmenter) -> tuple[DPTNeck, DPTSemanticSegmentationHead]:
@@ -67,7 +68,7 @@ def test_dpt_large_widths_are_the_published_ones():
 @pytest.mark.parametrize("name,size", [("dpt_dinov3_small", (77, 50)), ("dpt_dinov2_base", (99, 130)),
                                        ("dpt_visionfm_base", (16, 16))])  # the last: one patch
 def test_any_input_size(tiny, name, size):
-    model = segzoo.create_model(name, num_classes=3, **tiny).eval()
+    model = segzoo.create_model(name, num_classes=3, **tiny_kwargs(name)).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, *size)).shape == (2, 3, *size)
 

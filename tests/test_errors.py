@@ -5,6 +5,8 @@ import torch
 
 import segzoo
 
+from tests.tiny_models import tiny_kwargs
+
 
 @pytest.fixture
 def model(tiny):
@@ -55,14 +57,16 @@ def test_integer_input_rejected(model):
 
 def test_pretrained_from_off_hub_source_points_to_checkpoint_path(tiny):
     with pytest.raises(ValueError, match="not on the Hugging Face Hub.*checkpoint_path"):
-        segzoo.create_model("segformer_visionfm_base.fundus", pretrained=True, num_classes=2, **tiny)
+        segzoo.create_model("segformer_visionfm_base.fundus", pretrained=True, num_classes=2,
+                            **tiny_kwargs("segformer_visionfm_base"))
 
 
 def test_pretrained_gated_file_offline_and_uncached_points_to_checkpoint_path(tiny, tmp_path, monkeypatch):
     # conftest sets HF_HUB_OFFLINE=1: RETFound's gated .pth is not cached -> say how to proceed
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(segzoo.HubAccessError, match="RETFound_mae_natureCFP.*not in the Hugging Face cache.*checkpoint_path"):
-        segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2, **tiny)
+        segzoo.create_model("segformer_retfound_large.cfp", pretrained=True, num_classes=2,
+                            **tiny_kwargs("segformer_retfound_large"))
 
 
 def test_an_empty_batch_is_named(tiny):

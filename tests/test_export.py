@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import segzoo
-from tests.tiny_models import TINY_EOMT, TINY_MASK2FORMER, TINY_MIT, TINY_VIT
+from tests.tiny_models import TINY_EOMT, TINY_MASK2FORMER, TINY_MIT, TINY_VIT, tiny_kwargs
 
 pytest.importorskip("onnxruntime", reason="the export extra (pip install 'segzoo[export]')")
 
@@ -18,8 +18,8 @@ TINY = dict(backbone_kwargs=TINY_VIT, decoder_hidden_size=32)
     ("segformer_dinov3_small", 64, TINY),
     ("upernet_dinov2_small", 56, TINY),
     ("dpt_dinov2_reg4_small", 42, TINY),
-    ("segformer_retfound_large", 48, TINY),
-    ("segformer_visionfm_base", 48, TINY),
+    ("segformer_retfound_large", 48, tiny_kwargs("segformer_retfound_large")),
+    ("segformer_visionfm_base", 48, tiny_kwargs("segformer_visionfm_base")),
     ("mask2former_dinov3_small", 32, {**TINY, **TINY_MASK2FORMER}),
     ("eomt_dinov3_small", 32, TINY_EOMT),  # a new model: masked attention on, traced into the graph
 ])

@@ -25,12 +25,13 @@ def test_no_weight_decay_on_norms_biases_embeddings(tiny):
 
 
 def test_layer_wise_decay_and_head_multiplier(tiny):
-    model = segzoo.create_model(NAME, num_classes=2, **tiny)  # 2 blocks
+    model = segzoo.create_model(NAME, num_classes=2, **tiny)  # 4 blocks
     groups = _by_name(param_groups(model, lr=1.0, layer_decay=0.5, head_lr_mult=10.0))
-    assert groups["backbone.model.patch_embed.proj.weight"]["lr"] == pytest.approx(0.5**3)
-    assert groups["backbone.model.pos_embed"]["lr"] == pytest.approx(0.5**3)
-    assert groups["backbone.model.blocks.0.mlp.fc1.weight"]["lr"] == pytest.approx(0.5**2)
-    assert groups["backbone.model.blocks.1.mlp.fc1.weight"]["lr"] == pytest.approx(0.5)
+    assert groups["backbone.model.patch_embed.proj.weight"]["lr"] == pytest.approx(0.5**5)
+    assert groups["backbone.model.pos_embed"]["lr"] == pytest.approx(0.5**5)
+    assert groups["backbone.model.blocks.0.mlp.fc1.weight"]["lr"] == pytest.approx(0.5**4)
+    assert groups["backbone.model.blocks.2.mlp.fc1.weight"]["lr"] == pytest.approx(0.5**2)
+    assert groups["backbone.model.blocks.3.mlp.fc1.weight"]["lr"] == pytest.approx(0.5)
     assert groups["decode_head.classifier.weight"]["lr"] == pytest.approx(10.0)
     assert groups["neck.levels.0.0.weight"]["lr_scale"] == pytest.approx(10.0)
     flat = param_groups(model, lr=2.0, layer_decay=1.0)
@@ -44,8 +45,8 @@ def test_lora_aware_and_skips_frozen(tiny):
     assert not any(".base_layer." in n or "patch_embed" in n for n in names)  # frozen -> absent
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert set(names) == trainable
-    assert names["backbone.model.blocks.0.attn.qkv.lora_A.default.weight"]["lr"] == pytest.approx(0.25)
-    assert names["backbone.model.blocks.1.attn.qkv.lora_B.default.weight"]["lr"] == pytest.approx(0.5)
+    assert names["backbone.model.blocks.0.attn.qkv.lora_A.default.weight"]["lr"] == pytest.approx(0.5**4)
+    assert names["backbone.model.blocks.3.attn.qkv.lora_B.default.weight"]["lr"] == pytest.approx(0.5)
     # a real optimizer takes the groups and steps
     optimizer = torch.optim.AdamW(groups)
     model(torch.randn(1, 3, 28, 28)).sum().backward()

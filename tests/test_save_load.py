@@ -10,6 +10,8 @@ from torch import nn
 
 import segzoo
 
+from tests.tiny_models import tiny_kwargs
+
 
 def _same_outputs(a: nn.Module, b: nn.Module, in_chans: int = 3) -> None:
     x = torch.randn(2, in_chans, 37, 53)
@@ -33,7 +35,8 @@ def test_save_pretrained_writes_config_weights_and_card(tiny, tmp_path):
 
 
 def test_local_folder_reloads_the_same_model(tiny, tmp_path, capsys):
-    model = segzoo.create_model("segformer_retfound_large", num_classes=3, in_chans=1, **tiny)
+    model = segzoo.create_model("segformer_retfound_large", num_classes=3, in_chans=1,
+                                **tiny_kwargs("segformer_retfound_large"))
     segzoo.save_pretrained(model, tmp_path)
     reloaded = segzoo.create_model(str(tmp_path))
     assert "0 missing, 0 unexpected" in capsys.readouterr().out
@@ -86,7 +89,8 @@ def test_whole_model_file_as_backbone_checkpoint_points_to_create_model(tiny, tm
 
 
 def test_model_card_licence_metadata_is_a_hub_slug(tiny, tmp_path):
-    model = segzoo.create_model("segformer_visionfm_base.fundus", num_classes=2, **tiny)
+    model = segzoo.create_model("segformer_visionfm_base.fundus", num_classes=2,
+                                **tiny_kwargs("segformer_visionfm_base"))
     card = (segzoo.save_pretrained(model, tmp_path) / "README.md").read_text()
     assert "license: other\nlicense_name: visionfm-license\n" in card
     assert "| base weights licence | see https://github.com/ABILab-CUHK/VisionFM (research use) |" in card

@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
 import segzoo
-from tests.checkpoint_layouts import TINY_BACKBONE, dino_teacher, mae_checkpoint, meta_dinov2, meta_dinov3, source_vit
+from tests.tiny_models import TINY_VIT, tiny_kwargs, tiny_vit
+from tests.checkpoint_layouts import dino_teacher, mae_checkpoint, meta_dinov2, meta_dinov3, source_vit
 
 
 def _features(source: torch.nn.Module, feature_indices: list[int], x: torch.Tensor) -> list[torch.Tensor]:
@@ -55,7 +56,7 @@ def test_original_layout_loads_to_the_source_models_features(layout, tiny, tmp_p
     size = {}
     if "giant" in name:  # ViT-g's SwiGLU needs an even hidden width: 48 * 2.67 = 128
         size = dict(embed_dim=48)
-        tiny = dict(tiny, backbone_kwargs=dict(tiny["backbone_kwargs"], **size))
+    tiny = dict(tiny, backbone_kwargs=dict(tiny_vit(name), **size))
     source = source_vit(backbone, **size)
     checkpoint = write(source.state_dict(), source)
     path = tmp_path / f"weights{suffix}"
@@ -83,7 +84,7 @@ def test_blocks_past_the_last_feature_index_count_as_unused(tmp_path, capsys):
     torch.save(meta_dinov2(source.state_dict()), tmp_path / "w.pth")
     model = segzoo.create_model(
         "segformer_dinov2_base", num_classes=2, checkpoint_path=tmp_path / "w.pth", feature_indices=[0, 0, 1, 1],
-        backbone_kwargs=dict(TINY_BACKBONE, depth=4), decoder_hidden_size=32,
+        backbone_kwargs=dict(TINY_VIT), decoder_hidden_size=32,
     )
     report = capsys.readouterr().out
     assert model.backbone.depth == 2
@@ -98,18 +99,20 @@ def test_missing_backbone_weights_are_named(tiny, tmp_path):
     del state["blocks.1.attn.qkv.weight"]
     torch.save(dino_teacher(state), tmp_path / "w.pth")
     with pytest.raises(segzoo.CheckpointError, match=r"partial load.*1 model weights missing.*blocks\.1\.attn\.qkv\.weight"):
-        segzoo.create_model("segformer_visionfm_base", num_classes=2, checkpoint_path=tmp_path / "w.pth", **tiny)
+        segzoo.create_model("segformer_visionfm_base", num_classes=2, checkpoint_path=tmp_path / "w.pth",
+                            **tiny_kwargs("segformer_visionfm_base"))
 
 
 def test_wrong_size_is_a_shape_mismatch_naming_keys(tiny, tmp_path):
     torch.save(mae_checkpoint(source_vit("retfound_large", embed_dim=96, num_heads=2).state_dict()), tmp_path / "w.pth")
     with pytest.raises(segzoo.CheckpointError, match=r"shape mismatches: .*checkpoint \(1, 1, 96\) vs model \(1, 1, 64\)"):
-        segzoo.create_model("segformer_retfound_large", num_classes=2, checkpoint_path=tmp_path / "w.pth", **tiny)
+        segzoo.create_model("segformer_retfound_large", num_classes=2, checkpoint_path=tmp_path / "w.pth",
+                            **tiny_kwargs("segformer_retfound_large"))
 
 
 def test_deeper_checkpoint_than_model_is_unexpected(tiny, tmp_path):
-    torch.save(meta_dinov3(source_vit("dinov3_base", depth=3).state_dict(), 2), tmp_path / "w.pth")
-    with pytest.raises(segzoo.CheckpointError, match=r"has no place for: blocks\.2\."):
+    torch.save(meta_dinov3(source_vit("dinov3_base", depth=5).state_dict(), 2), tmp_path / "w.pth")
+    with pytest.raises(segzoo.CheckpointError, match=r"has no place for: blocks\.4\."):
         segzoo.create_model("segformer_dinov3_base", num_classes=2, checkpoint_path=tmp_path / "w.pth", **tiny)
 
 
@@ -133,7 +136,8 @@ def test_one_channel_model_adapts_rgb_patch_filters(tiny, tmp_path, capsys):
 def test_retfound_pos_embed_is_interpolated_to_the_model_grid(tiny, tmp_path):
     source = source_vit("retfound_large", img_size=112)  # a 7x7 grid; the zoo model uses 224 -> 14x14
     torch.save(mae_checkpoint(source.state_dict()), tmp_path / "w.pth")
-    model = segzoo.create_model("segformer_retfound_large", num_classes=2, checkpoint_path=tmp_path / "w.pth", **tiny)
+    model = segzoo.create_model("segformer_retfound_large", num_classes=2, checkpoint_path=tmp_path / "w.pth",
+                            **tiny_kwargs("segformer_retfound_large"))
     want = resample_abs_pos_embed(source.pos_embed.detach(), new_size=(14, 14), num_prefix_tokens=1)
     assert model.backbone.model.pos_embed.shape == (1, 197, 64)
     torch.testing.assert_close(model.backbone.model.pos_embed.detach(), want)
@@ -149,7 +153,8 @@ def test_code_running_pickle_is_refused_and_never_runs(tiny, tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": source_vit("retfound_large").state_dict(), "extra": Payload()}, path)
     with pytest.raises(segzoo.UnsafeCheckpointError, match=r"refused to load .*evil\.pth.*posix\.mkdir.*weights_only=True"):
-        segzoo.create_model("segformer_retfound_large", num_classes=2, checkpoint_path=path, **tiny)
+        segzoo.create_model("segformer_retfound_large", num_classes=2, checkpoint_path=path,
+                            **tiny_kwargs("segformer_retfound_large"))
     assert not marker.exists()
     torch.load(path, weights_only=False)  # the payload is live: an unsafe load does run it
     assert marker.exists()

@@ -30,6 +30,8 @@ class BackboneSpec:
     source: str
     weights: tuple[PretrainedCfg, ...] = ()  # first = default; complete once in BACKBONES
     timm_kwargs: dict = field(default_factory=dict)
+    # the blocks scale their residual branches (timm's ``init_values``): DINOv2 and DINOv3 do
+    layer_scale: bool = False
 
     @property
     def name(self) -> str:
@@ -66,7 +68,8 @@ def _dinov3(size: str, depth: int) -> BackboneSpec:
     if size == "large":  # the satellite-imagery weights exist for ViT-L only
         weights.append(PretrainedCfg("sat493m", timm_tag="sat493m"))
     return BackboneSpec(
-        "dinov3", size, f"vit_{size}_patch16_dinov3", 16, depth, "dinov3-license", _DINOV3_SOURCE, tuple(weights)
+        "dinov3", size, f"vit_{size}_patch16_dinov3", 16, depth, "dinov3-license", _DINOV3_SOURCE, tuple(weights),
+        layer_scale=True,
     )
 
 
@@ -74,7 +77,8 @@ def _dinov2(size: str, depth: int, registers: bool) -> BackboneSpec:
     family = "dinov2_reg4" if registers else "dinov2"
     arch = f"vit_{size}_patch14_reg4_dinov2" if registers else f"vit_{size}_patch14_dinov2"
     return BackboneSpec(
-        family, size, arch, 14, depth, "apache-2.0", _DINOV2_SOURCE, (PretrainedCfg("lvd142m", timm_tag="lvd142m"),)
+        family, size, arch, 14, depth, "apache-2.0", _DINOV2_SOURCE, (PretrainedCfg("lvd142m", timm_tag="lvd142m"),),
+        layer_scale=True,
     )
 
 
@@ -111,6 +115,7 @@ _BACKBONE_LIST = [
         ),
         # RETFound's DINOv2 weights were trained at 224 px: a 16x16 position grid
         timm_kwargs={"img_size": 224},
+        layer_scale=True,
     ),
     BackboneSpec(
         "visionfm", "base", "vit_base_patch16_224", 16, 12,

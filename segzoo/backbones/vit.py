@@ -143,6 +143,12 @@ def create_vit_backbone(
     ``keep_norm`` keeps (and loads) the ViT's final norm.
     """
     one_weights_source(pretrained, checkpoint_path)
+    if not spec.layer_scale and "init_values" in (backbone_kwargs or {}):
+        # timm would add LayerScale parameters that no checkpoint of this family has
+        raise ValueError(
+            f"{spec.name}'s ViT ({spec.timm_arch}) has no LayerScale, so backbone_kwargs init_values="
+            f"{backbone_kwargs['init_values']!r} would change its architecture; remove init_values"
+        )
     kwargs: dict[str, Any] = dict(spec.timm_kwargs)
     kwargs.update(backbone_kwargs or {})
     depth = int(kwargs.get("depth", spec.depth))
