@@ -2,9 +2,10 @@
 
 One module fixture writes small synthetic CT volumes (channel ``CT``) and another set named
 ``zscore``, plans and preprocesses ``2d``, adds the zoo configuration to both, and trains
-fold 0 of a tiny zoo model and of nnU-Net's own 2d U-Net (nnUNetTrainer, same short budget)
-on the CT dataset (z-scored one-channel data trains in test_nnunet_e2e.py). The tests then predict volumes with both predict commands and
-compare the runs, checking every number against the summary.json files nnU-Net wrote.
+fold 0 of a tiny zoo model on both and of nnU-Net's own 2d U-Net (nnUNetTrainer, same short
+budget) on the CT dataset. The tests then predict volumes with both predict commands and with
+the exported ONNX fold, and compare the runs, checking every number against the summary.json
+files nnU-Net wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from PIL import Image
 
 from nnunet_bridge.synthetic_volumes import VOLUME_SPACING, write_ct_dataset
+from nnunet_bridge import EXT_TRAINER_DIR
 from tests.nnunet_runs import bridge, nnunet_env, run
 from tests.tiny_models import TINY_VIT
 
@@ -48,7 +50,8 @@ from nnunet_bridge.plans import plan
 ensure_ext_trainer_path()
 for dataset in ({ct}, {zscore}):
     assert plan(dataset, load_config({config})) == {zoo!r}
-run_training("{ct}", {zoo!r}, 0, "nnUNetTrainerSegZoo", device=torch.device("cpu"))
+for dataset in ({ct}, {zscore}):
+    run_training(str(dataset), {zoo!r}, 0, "nnUNetTrainerSegZoo", device=torch.device("cpu"))
 train_nnunet_baseline({ct}, 0, {epochs}, {iterations}, 1)
 """.replace("{ct}", str(CT_ID)).replace("{zscore}", str(ZSCORE_ID)).replace("{zoo!r}", repr(ZOO))
 
@@ -109,8 +112,7 @@ def test_volumes_predicted_by_both_commands_are_identical(runs):
     common = ["-i", str(images), "-d", str(CT_ID), "-c", ZOO, "-f", "0", "-npp", "0", "-nps", "0",  # sequential: no worker processes
               "--save_probabilities", "-device", "cpu"]
     bridge(["predict", "-o", str(ours), *common], env)
-    ext = bridge(["env"], env).strip().split("=", 1)[1]
-    run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo"], dict(env, nnUNet_extTrainer=ext))
+    run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo"], dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
     [case] = sorted(p.name for p in images.glob("*.nii.gz"))
     name = case.replace("_0000.nii.gz", ".nii.gz")
     assert _geometry(ours / name) == _geometry(images / case) == (SHAPE[::-1], tuple(reversed(VOLUME_SPACING)))
@@ -119,6 +121,55 @@ def test_volumes_predicted_by_both_commands_are_identical(runs):
     probabilities = np.load(ours / npz)["probabilities"]
     assert probabilities.shape == (3, *SHAPE)  # classes x the whole volume, not one slice
     np.testing.assert_array_equal(probabilities, np.load(stock / npz)["probabilities"])
+
+
+@pytest.mark.parametrize("dataset_name", [CT_NAME, ZSCORE_NAME], ids=["CT", "zscore"])
+def test_onnx_fold_predictor_labels_volumes_as_nnunetv2_predict(runs, dataset_name, tmp_path):
+    """The exported fold, run slice by slice by OnnxFoldPredictor (CT or z-score normalisation, sliding
+    window, mirroring), labels a held-out volume as stock nnUNetv2_predict does, with every class present.
+
+    A 2-step training predicts background almost everywhere, which would hide a wrong label order or
+    a mirrored class map, so both predictors run a copy of the fold with large random class
+    directions in its classifier: every class then wins somewhere."""
+    pytest.importorskip("onnxruntime", reason="the export extra")
+    import torch
+
+    from nnunet_bridge.onnx_predict import OnnxFoldPredictor
+
+    dataset_id = dataset_name[len("Dataset"):].split("_")[0]
+    env = dict(runs["env"], nnUNet_results=str(tmp_path / "results"))
+    run_folder = Path(env["nnUNet_results"]) / dataset_name / ZOO_RUN
+    shutil.copytree(runs["results"] / dataset_name / ZOO_RUN, run_folder)
+    checkpoint_file = run_folder / "fold_0" / "checkpoint_final.pth"
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    weights = checkpoint["network_weights"]
+    classifier = [k for k in weights if k.endswith("decode_head.classifier.weight")]
+    assert len(classifier) == 1, f"expected one classifier weight in the checkpoint, got {classifier}"
+    # large random class directions, no bias: which class wins follows the features, not the short training
+    weights[classifier[0]] = torch.randn(weights[classifier[0]].shape, generator=torch.Generator().manual_seed(0))
+    weights[classifier[0].replace(".weight", ".bias")].zero_()
+    torch.save(checkpoint, checkpoint_file)
+
+    images = Path(env["nnUNet_raw"]) / dataset_name / "imagesTs"
+    stock = tmp_path / "stock"
+    run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", dataset_id, "-c", ZOO, "-f", "0",
+         "-tr", "nnUNetTrainerSegZoo", "-npp", "0", "-nps", "0", "-device", "cpu"], dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
+    onnx_file = tmp_path / "fold0.onnx"
+    bridge(["export", "-d", dataset_id, "-c", ZOO, "-f", "0", "-o", str(onnx_file)], env)
+    predictor = OnnxFoldPredictor(onnx_file)
+    assert predictor.facts["inference"]["mirror_axes"], "the volumes' 2d plan should mirror in-plane"
+    labels = sorted(int(v) for v in json.loads((Path(env["nnUNet_raw"]) / dataset_name / "dataset.json")
+                                               .read_text())["labels"].values())
+    [case] = sorted(images.glob("*_0000.nii.gz"))
+    volume = _voxels(case)
+    spacing = tuple(reversed(_spacing(case)))  # SimpleITK gives (x, y, z); the array is (z, y, x)
+    ours = predictor.predict(volume[None].astype(np.float32), spacing=spacing)
+    want = _voxels(stock / case.name.replace("_0000.nii.gz", ".nii.gz"))
+    assert ours.shape == want.shape == volume.shape
+    assert sorted(np.unique(want).tolist()) == labels, f"nnUNetv2_predict gave classes {np.unique(want).tolist()}"
+    agreement = float((ours == want).mean())
+    print(f"{dataset_name}: {agreement:.5f} of voxels agree; classes {np.unique(ours).tolist()}")
+    assert agreement >= 0.999, f"only {agreement:.4%} of voxels agree with nnUNetv2_predict"
 
 
 # -- compare ---------------------------------------------------------------------------
@@ -241,6 +292,12 @@ def _geometry(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
 
     image = sitk.ReadImage(str(path))
     return image.GetSize(), tuple(round(s, 4) for s in image.GetSpacing())
+
+
+def _spacing(path: Path) -> tuple[float, ...]:
+    import SimpleITK as sitk
+
+    return tuple(sitk.ReadImage(str(path)).GetSpacing())
 
 
 def _voxels(path: Path) -> np.ndarray:

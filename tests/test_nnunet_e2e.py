@@ -30,6 +30,7 @@ from PIL import Image
 import segzoo
 
 from nnunet_bridge.synthetic import fundus_case, write_fundus_dataset
+from nnunet_bridge import EXT_TRAINER_DIR
 from tests.nnunet_runs import ROOT, bridge, nnunet_env, run
 from tests.tiny_models import TINY_VIT
 
@@ -108,9 +109,8 @@ def test_train_validate_predict_continue(nn_env):
     ours, stock = nn_env["base"] / "pred_ours", nn_env["base"] / "pred_stock"
     common = ["-i", str(images), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-npp", "1", "-nps", "1"]
     bridge(["predict", "-o", str(ours), *common, "-device", "cpu"], env)
-    ext = bridge(["env"], env).strip().split("=", 1)[1]
     run(["nnUNetv2_predict", "-o", str(stock), *common, "-tr", "nnUNetTrainerSegZoo", "-device", "cpu"],
-         dict(env, nnUNet_extTrainer=ext))
+         dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
     names = sorted(p.name for p in ours.glob("*.png"))
     assert names == sorted(p.name for p in stock.glob("*.png")) and len(names) == 2
     for name in names:
@@ -243,10 +243,9 @@ def test_onnx_runtime_predictor_reproduces_nnunetv2_predict(nn_env, tmp_path):
         image, _ = fundus_case(size, seed=7_000 + index)
         Image.fromarray(image).save(images / f"held_out_{index:03d}_0000.png")
     bridge(["export", "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0", "-o", str(tmp_path / "fold0.onnx")], env)
-    ext = bridge(["env"], env).strip().split("=", 1)[1]
     stock = tmp_path / "stock"
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0",
-          "-tr", "nnUNetTrainerSegZoo", "-npp", "1", "-nps", "1", "-device", "cpu"], dict(env, nnUNet_extTrainer=ext))
+          "-tr", "nnUNetTrainerSegZoo", "-npp", "1", "-nps", "1", "-device", "cpu"], dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
     ours = tmp_path / "onnx"
     out = run([sys.executable, "-m", "nnunet_bridge.onnx_predict", str(tmp_path / "fold0.onnx"), "-i", str(images),
                 "-o", str(ours)], env)
