@@ -11,7 +11,9 @@ nnU-Net's trainer runs in its DDP mode
 - ``-num_gpus N`` spawns N processes on this machine, each set up as torchrun would set it up
   (nnU-Net's own ``-num_gpus`` spawns too, but hard-codes NCCL, and its children would look the
   trainer up by nnU-Net's search);
-- the backend follows the device: NCCL on CUDA, gloo on the CPU (how the tests run this path).
+- the backend follows the device: NCCL on CUDA, gloo on the CPU (how the tests run this path);
+- each process takes the GPU numbered ``LOCAL_RANK`` on its machine (:func:`rank_device`), never
+  the global rank's, which names a GPU only the first machine has.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import torch
 
 from .config import ConfigError
 
-__all__ = ["ProcessPlace", "TrainingRun", "launch_training", "torchrun_place", "train_in_process"]
+__all__ = ["ProcessPlace", "TrainingRun", "launch_training", "rank_device", "torchrun_place",
+           "train_in_process"]
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -75,9 +78,37 @@ def torchrun_place(environ: Mapping[str, str] = os.environ) -> Optional[ProcessP
             f"{', '.join(present)} set but not {', '.join(missing)}: launch with torchrun, which sets all of "
             f"{', '.join(TORCHRUN_VARIABLES)}, or unset {', '.join(present)} to train in one process"
         )
-    world_size = int(environ["WORLD_SIZE"])
-    return ProcessPlace(rank=int(environ["RANK"]), world_size=world_size, local_rank=int(environ["LOCAL_RANK"]),
-                        local_world_size=int(environ.get("LOCAL_WORLD_SIZE", world_size)))
+    values = {name: environ[name] for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    values["LOCAL_WORLD_SIZE"] = environ.get("LOCAL_WORLD_SIZE", values["WORLD_SIZE"])
+    bad = [f"{name}={value!r}" for name, value in values.items() if not value.strip().isdigit()]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: not a whole number of 0 or more; launch with torchrun, which sets "
+                          f"them, or unset {', '.join(present)} to train in one process")
+    return ProcessPlace(rank=int(values["RANK"]), world_size=int(values["WORLD_SIZE"]),
+                        local_rank=int(values["LOCAL_RANK"]), local_world_size=int(values["LOCAL_WORLD_SIZE"]))
+
+
+def rank_device(place: ProcessPlace, requested: Union[str, torch.device]) -> torch.device:
+    """The device of the process at ``place`` when ``requested`` (``-device``) is CUDA or the CPU.
+
+    On CUDA it is ``cuda:LOCAL_RANK``: each machine's processes count their GPUs from 0, whereas
+    the global rank (what nnU-Net takes) names GPUs that only the first machine has. A local
+    rank without a visible GPU of that number is refused here, before any process group is joined.
+    """
+    kind = torch.device(requested).type
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind != "cuda":
+        raise ConfigError(f"-device {kind} cannot train on several processes; use -device cuda (NCCL) "
+                          "or -device cpu (gloo)")
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if place.local_rank >= visible:
+        fix = (f"start at most {visible} processes per machine (torchrun --nproc-per-node {visible}) and let each "
+               "see all of its machine's GPUs (CUDA_VISIBLE_DEVICES)" if visible else
+               "run where GPUs are visible (check CUDA_VISIBLE_DEVICES) or train with -device cpu")
+        raise ConfigError(f"LOCAL_RANK={place.local_rank} trains on cuda:{place.local_rank}, but this process sees "
+                          f"{visible} CUDA devices; {fix}")
+    return torch.device("cuda", place.local_rank)
 
 
 def launch_training(run: TrainingRun, num_gpus: Optional[int] = None) -> None:
@@ -106,15 +137,13 @@ def train_distributed(run: TrainingRun, place: ProcessPlace):
     """Join the process group (``MASTER_ADDR:MASTER_PORT``), train in nnU-Net's DDP mode, leave it."""
     import torch.distributed as dist
 
-    if run.device == "cuda":
-        torch.cuda.set_device(place.local_rank)
+    device = rank_device(place, run.device)  # a bad LOCAL_RANK fails here, before the group waits on it
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
         backend = "nccl"
-    elif run.device == "cpu":
+    else:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // place.local_world_size))
         backend = "gloo"
-    else:
-        raise ConfigError(f"-device {run.device} cannot train on several processes; use -device cuda (NCCL) "
-                          "or -device cpu (gloo)")
     dist.init_process_group(backend, rank=place.rank, world_size=place.world_size)
     try:
         return train_in_process(run)

@@ -4,7 +4,9 @@ The same trainer and code path as on GPUs (nnU-Net's DDP mode, the bridge's proc
 DistributedDataParallel without find_unused_parameters), launched as users launch it: torchrun
 (``python -m torch.distributed.run ... -m nnunet_bridge train``) and ``-num_gpus 2``. A test
 trainer (``tests/nnunet_trainers``) writes each rank's weights and state after the final
-validation, so the checks are on both processes, not only on what rank 0 saved.
+validation, so the checks are on both processes, not only on what rank 0 saved. The torchrun
+run compiles and trains compiled (with backends whose graphs count their runs); the
+``-num_gpus`` run's compile fails on one rank and both continue eager.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from tests.tiny_models import TINY_MASK2FORMER, TINY_VIT, TINY_WIDTH
 DATASET_ID = 989
 TRAINER = "nnUNetTrainerSegZooRankReport"
 REPORTS_ENV = "SEGZOO_TEST_RANK_REPORTS"
+# aot_eager and eager (fast on the CPU), their graphs counting their runs (tests/nnunet_trainers)
+AOT_EAGER_COUNTED, EAGER_COUNTED = "segzoo_test_aot_eager_counted", "segzoo_test_eager_counted"
 TRAIN = {"num_epochs": 2, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1, "warmup_epochs": 1,
          "save_every": 1, "batch_size": 4}
 PER_RANK = re.compile(r"training throughput: ([\d.]+) images/s .*; per rank: ([\d., ]+) images/s")
@@ -51,11 +55,18 @@ def ddp_env():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_torchrun_trains_upernet_in_step_on_both_ranks_and_continues(ddp_env):
-    """UperNet (BatchNorm -> SyncBatchNorm) under torchrun, then ``--c`` with one more epoch."""
+def test_torchrun_trains_upernet_compiled_in_step_on_both_ranks_and_continues(ddp_env):
+    """UperNet (BatchNorm -> SyncBatchNorm) under torchrun, compiled regionally (``nnUNet_compile=t``;
+    aot_eager: dynamo's graphs and AOT autograd's backward, as inductor gets them, without code
+    generation), then ``--c`` with one more epoch, compiled again (eager backend: dynamo only,
+    the cheapest compile that shows the resumed run trains compiled)."""
     name = _plan(ddp_env, "upernet_dinov3_small", "2d_ddp_upernet")
-    reports = _torchrun(ddp_env, ["train", str(DATASET_ID), name, "0", "-tr", TRAINER, "-device", "cpu"])
+    compiled = ddp_env["base"] / "compiled.yaml"
+    compiled.write_text(yaml.safe_dump({"train": {**TRAIN, "compile_backend": AOT_EAGER_COUNTED}}))
+    reports = _torchrun(ddp_env, ["train", str(DATASET_ID), name, "0", "-tr", TRAINER, "-device", "cpu",
+                                  "--config", str(compiled)], nnUNet_compile="t")
     _check_ranks_agree(reports)
+    _check_trained_compiled(reports, steps=TRAIN["num_epochs"] * TRAIN["num_iterations_per_epoch"])
     assert [r["network_type"] for r in reports] == ["DistributedDataParallel"] * 2
     for report in reports:  # SyncBatchNorm, as the CPU runs it; no plain BatchNorm left
         assert "CpuSyncBatchNorm" in report["norm_types"] and "BatchNorm2d" not in report["norm_types"]
@@ -65,14 +76,20 @@ def test_torchrun_trains_upernet_in_step_on_both_ranks_and_continues(ddp_env):
     assert sorted(p.name for p in fold.glob("*.pth")) == ["checkpoint_best.pth", "checkpoint_final.pth"]
     assert len(list(fold.glob("training_log_*.txt"))) == 1 and (fold / "segzoo_config.yaml").is_file()
     assert (fold / "validation" / "summary.json").is_file()
+    log = max(fold.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    assert f"Compiling the zoo model regionally (torch.compile, backend {AOT_EAGER_COUNTED})" in log
+    assert "torch.compile failed" not in log
     _print_throughput(fold, name)
 
     longer = ddp_env["base"] / "longer.yaml"
-    longer.write_text(yaml.safe_dump({"train": {**TRAIN, "num_epochs": 3}}))
+    longer.write_text(yaml.safe_dump({"train": {**TRAIN, "num_epochs": 3, "compile_backend": EAGER_COUNTED}}))
     (fold / "validation" / "summary.json").unlink()
     reports = _torchrun(ddp_env, ["train", str(DATASET_ID), name, "0", "-tr", TRAINER, "-device", "cpu", "--c",
-                                  "--config", str(longer)])
+                                  "--config", str(longer)], nnUNet_compile="t")
     _check_ranks_agree(reports)
+    _check_trained_compiled(reports, steps=TRAIN["num_iterations_per_epoch"])  # the one more epoch
+    log = max(fold.glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    assert f"backend {EAGER_COUNTED}" in log and "torch.compile failed" not in log
     assert [r["resumed_from_epoch"] for r in reports] == [2, 2]
     assert [r["current_epoch"] for r in reports] == [3, 3]
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -193,9 +210,9 @@ def _plan(ddp_env, model: str, name: str, lora: bool = False, kwargs: dict | Non
     return name
 
 
-def _torchrun(ddp_env, args: list[str]) -> list[dict]:
+def _torchrun(ddp_env, args: list[str], **env: str) -> list[dict]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    return _reports(ddp_env, args[2], [*launcher, "-m", "nnunet_bridge", *args], command=True)
+    return _reports(ddp_env, args[2], [*launcher, "-m", "nnunet_bridge", *args], command=True, **env)
 
 
 def _reports(ddp_env, name: str, args: list[str], command: bool = False, **env: str) -> list[dict]:
@@ -214,6 +231,17 @@ def _check_ranks_agree(reports: list[dict]) -> None:
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(first[key], second[key], atol=0, rtol=0, msg=f"{key} differs between ranks")
+
+
+def _check_trained_compiled(reports: list[dict], steps: int) -> None:
+    """Each rank still compiled at the end (no fall-back), dynamo compiled graphs in it, and
+    every training step ran compiled graphs (the same number on both ranks)."""
+    assert [r["compiled"] for r in reports] == [True, True], "a rank fell back to eager or never compiled"
+    for rank, report in enumerate(reports):
+        assert report["dynamo_graphs"] > 0, f"rank {rank}: dynamo compiled no graph"
+        runs = report["compiled_graph_runs_per_train_step"]
+        assert len(runs) == steps and all(n > 0 for n in runs), f"rank {rank}: a training step ran eager: {runs}"
+    assert reports[0]["compiled_graph_runs_per_train_step"] == reports[1]["compiled_graph_runs_per_train_step"]
 
 
 def _fold(ddp_env, name: str) -> Path:

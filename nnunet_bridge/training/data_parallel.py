@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import ConfigError
+from ..distributed import ProcessPlace, rank_device, torchrun_place
 from .base import ZooTrainerBase
 from .sync_batchnorm import let_sync_batchnorm_run_on_cpu
 
@@ -70,12 +71,14 @@ class DataParallelTraining(ZooTrainerBase):
 
 
 def process_device(requested: torch.device) -> torch.device:
-    """This process's device in a DDP run: its node-local GPU, or the CPU if asked for."""
+    """This process's device in a DDP run (:func:`~nnunet_bridge.distributed.rank_device`): its
+    machine's GPU numbered ``LOCAL_RANK``, or the CPU if asked for."""
     if requested.type != "cuda":
         return torch.device(requested.type)
-    local_rank = os.environ.get("LOCAL_RANK")
-    index = int(local_rank) if local_rank is not None else dist.get_rank() % max(1, torch.cuda.device_count())
-    return torch.device("cuda", index)
+    place = torchrun_place() if "LOCAL_RANK" in os.environ else None
+    if place is None:  # nnU-Net's own -num_gpus sets no LOCAL_RANK: one machine, local rank = rank
+        place = ProcessPlace(dist.get_rank(), dist.get_world_size(), dist.get_rank(), dist.get_world_size())
+    return rank_device(place, requested)
 
 
 def check_batch_divides(batch_size: int, world_size: int) -> None:

@@ -2,17 +2,22 @@
 
 Each process of a run writes ``rank<N>.pt`` into ``SEGZOO_TEST_RANK_REPORTS`` after the final
 validation: its network's weights and buffers, the epoch ``--c`` resumed from, the checkpoint
-files it wrote, and the network's wrapper and BatchNorm types. It changes nothing in training.
+files it wrote, the network's wrapper and BatchNorm types, and what was compiled: whether the
+model still is, the graphs dynamo compiled, and, with a counting backend as
+``train.compile_backend`` (``segzoo_test_aot_eager_counted``, ``segzoo_test_eager_counted``),
+how often compiled graphs ran in each training step. It changes nothing in training.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Union
+from collections import Counter
+from typing import Any, Callable, Union
 
 import torch
 import torch.distributed as dist
-from torch._dynamo.backends.registry import register_backend
+from torch._dynamo.backends.registry import lookup_backend, register_backend
+from torch._dynamo.utils import counters
 
 import segzoo
 from nnunet_bridge.training import checkpoints
@@ -20,6 +25,8 @@ from nnunet_bridge.trainer import nnUNetTrainerSegZoo
 
 REPORTS_ENV = "SEGZOO_TEST_RANK_REPORTS"
 RANK1_FAILS_BACKEND = "segzoo_test_fails_on_rank_1"
+# torch.compile backends that run as the named one and count their graphs' runs
+COUNTED_BACKENDS = {"segzoo_test_aot_eager_counted": "aot_eager", "segzoo_test_eager_counted": "eager"}
 
 _written: list[str] = []
 _write_atomic = checkpoints.write_atomic
@@ -41,14 +48,49 @@ def _fails_on_rank_1(gm: torch.fx.GraphModule, example_inputs):
     return gm.forward
 
 
-if RANK1_FAILS_BACKEND not in torch._dynamo.list_backends(exclude_tags=()):
-    register_backend(_fails_on_rank_1, name=RANK1_FAILS_BACKEND)
+_compiled_graph_runs = Counter()  # of this process, by graphs compiled with a COUNTED_BACKENDS backend
+
+
+def _counted(inner: str) -> Callable[..., Any]:
+    """The backend ``inner`` (``aot_eager``: forward and backward through AOT autograd, as inductor
+    compiles them; ``eager``: dynamo's graphs only), its compiled graphs counting their runs:
+    evidence that training ran the compiled code, not only compiled it."""
+
+    def backend(gm: torch.fx.GraphModule, example_inputs) -> Callable[..., Any]:
+        compiled = lookup_backend(inner)(gm, example_inputs)
+
+        def counted(*args: Any) -> Any:
+            _compiled_graph_runs["runs"] += 1
+            return compiled(*args)
+
+        return counted
+
+    return backend
+
+
+_BACKENDS = {RANK1_FAILS_BACKEND: _fails_on_rank_1}
+_BACKENDS.update((name, _counted(inner)) for name, inner in COUNTED_BACKENDS.items())
+for _name, _backend in _BACKENDS.items():
+    if _name not in torch._dynamo.list_backends(exclude_tags=()):
+        register_backend(_backend, name=_name)
 
 
 class nnUNetTrainerSegZooRankReport(nnUNetTrainerSegZoo):
     """:class:`nnUNetTrainerSegZoo` that reports each rank's state after the final validation."""
 
     resumed_from_epoch = None
+    compiled_graph_runs_per_train_step: list[int] = []  # set per run in on_train_start
+
+    # no __init__ here: nnU-Net records the outermost __init__'s named arguments for checkpoints
+    def on_train_start(self) -> None:
+        self.compiled_graph_runs_per_train_step = []
+        super().on_train_start()
+
+    def train_step(self, batch: dict) -> dict:
+        before = _compiled_graph_runs["runs"]
+        result = super().train_step(batch)
+        self.compiled_graph_runs_per_train_step.append(_compiled_graph_runs["runs"] - before)
+        return result
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)
@@ -64,7 +106,9 @@ class nnUNetTrainerSegZooRankReport(nnUNetTrainerSegZoo):
             "written": list(_written),
             "network_type": type(self.network).__name__,
             "norm_types": sorted({type(m).__name__ for m in bare.modules() if "Norm" in type(m).__name__}),
-            "compiled": segzoo.is_compiled(bare.model),
+            "compiled": segzoo.is_compiled(bare.model),  # still compiled: no fall-back to eager
+            "dynamo_graphs": counters["stats"]["unique_graphs"],  # compiled in this process
+            "compiled_graph_runs_per_train_step": list(self.compiled_graph_runs_per_train_step),
             "batch_size": self.batch_size,
             "world_size": dist.get_world_size() if self.is_ddp else 1,
         }
