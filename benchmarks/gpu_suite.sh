@@ -8,8 +8,10 @@
 #   results.jsonl   every figure, as JSON lines
 #   suite.log       everything the stages printed
 # Stages, most important first (a stage that would start with under 20 s left is skipped):
-#   compile_check   check_regional_compile: which parts of segformer_dinov3_large run compiled, graphs,
-#                   graph breaks, recompiles; one block's training step eager vs compiled
+#   compile_check   check_regional_compile: how often blocks, neck and head of segformer_dinov3_large ran
+#                   their compiled graphs in a training step, a no_grad and an inference_mode eval, graphs,
+#                   graph breaks, recompiles; one block's training step eager vs compiled. Exits 1 (rc=1 in
+#                   stages.txt, the reason in suite.log) when a part ran eager or recompiled unexpectedly
 #   nnunet_zoo      bench_nnunet_training: plan, preprocess, train 2d_segformer_dinov3_large
 #                   (2 x 30 iterations, compiled regionally by default), predict
 #   nnunet_ddp      bench_nnunet_training: the same model through torchrun with one process, nnU-Net's
@@ -90,10 +92,11 @@ bench=("$python" benchmarks/bench_models.py --img-size "$size" --batch "$batch" 
        --peak-tflops 989 --steps 5 --warmup 2 --backend "$backend" --json "$out/results.jsonl")
 nnunet=("$python" benchmarks/bench_nnunet_training.py "${nnunet_args[@]}" --work /tmp/segzoo_nnunet_bench
         --json "$out/results.jsonl")
-check=("$python" benchmarks/check_regional_compile.py --device "$device" --backend "$backend" --img-size "$size")
+check=("$python" benchmarks/check_regional_compile.py --device "$device" --backend "$backend" --img-size "$size"
+       --json "$out/results.jsonl")
 if [ -n "${SUITE_SMOKE:-}" ]; then check+=(--batch 2); else
   check+=(--model "$large" --batch "$batch" --amp bf16 --model-kwargs '{}'); fi
-stage compile_check 60 "${check[@]}"
+stage compile_check 90 "${check[@]}"
 stage nnunet_zoo 220 "${nnunet[@]}" --stages zoo
 stage nnunet_ddp 80 "${nnunet[@]}" --stages zoo --torchrun 1 --fold 1 --no-predict ${ddp_args[@]+"${ddp_args[@]}"}
 stage zoo_segformer 70 env TORCH_LOGS=recompiles,graph_breaks "${bench[@]}" --models "$large" --measure train \

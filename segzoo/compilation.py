@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["COMPILE_MODES", "compile_model", "is_compiled", "repeated_blocks", "uncompile_model"]
+__all__ = ["COMPILE_MODES", "compile_model", "is_compiled", "regional_parts", "repeated_blocks", "uncompile_model"]
 
 COMPILE_MODES = ("regional", "whole")
 
@@ -36,21 +36,21 @@ def compile_model(model: nn.Module, mode: str = "regional", **compile_kwargs: An
             input size (``create_model(..., img_size=512)``) to avoid recompiling for every
             new size, and takes much longer to compile. If the whole graph fails to compile
             at the first call, the model is compiled regionally instead, with one warning.
-        compile_kwargs: passed to ``torch.compile`` (``backend``, ``mode``, ``dynamic``, ...).
+        compile_kwargs: passed to ``torch.compile`` (``backend``, ``mode``, ``dynamic``, ...);
+            ``backend`` is a name (``"inductor"``, ``"aot_eager"``, ...) or a callable
+            ``backend(gm, example_inputs)`` that returns the function to run, as ``torch.compile``
+            takes it. Regional mode gives every part the same backend object, so that one
+            graph serves all blocks (a new object per block would compile a graph per block).
 
     Gradient checkpointing (``set_grad_checkpointing``) and LoRA work before or after
     compiling; apply LoRA first when you can, so the adapters are traced from the start.
     Compilation happens at the first forward call; :func:`uncompile_model` undoes it.
+    :func:`segzoo.compile_check.compile_counting` compiles regionally too, and counts how
+    often each part's compiled graphs actually ran.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
-    if not hasattr(model, "backbone") or not hasattr(model, "decode_head"):
-        raise TypeError(
-            f"compile_model expects a zoo model (backbone, neck, decode_head), got {type(model).__name__}; "
-            "for other modules call torch.compile directly"
-        )
-    if is_compiled(model):
-        raise ValueError("model is already compiled; call segzoo.uncompile_model(model) first to change the mode")
+    _check_compilable(model)
     if mode == "whole":
         if getattr(model, "fixed_input_size", None) is None and getattr(model, "pad_multiple", 1) != 1:
             warnings.warn(
@@ -60,12 +60,23 @@ def compile_model(model: nn.Module, mode: str = "regional", **compile_kwargs: An
             )
         _compile_whole_or_regional(model, compile_kwargs)
         return model
-    for block in repeated_blocks(model.backbone):
-        block.compile(**compile_kwargs)
-    for part in (getattr(model, "neck", None), model.decode_head):
-        if part is not None and next(part.parameters(), None) is not None:  # nothing to compile in IdentityNeck
-            part.compile(**compile_kwargs)
+    for modules in regional_parts(model).values():
+        for module in modules:
+            module.compile(**compile_kwargs)
     return model
+
+
+def regional_parts(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """What regional compilation compiles, by part: ``{"blocks": [...], "neck": [...], "head": [...]}``.
+
+    Each module in the lists is compiled in place; a part with nothing to compile (a
+    parameter-free neck such as ``IdentityNeck``, a backbone without repeated blocks) is left out.
+    """
+    parts = {"blocks": repeated_blocks(model.backbone)}
+    for part, module in (("neck", getattr(model, "neck", None)), ("head", model.decode_head)):
+        if module is not None and next(module.parameters(), None) is not None:  # nothing to compile in IdentityNeck
+            parts[part] = [module]
+    return {part: modules for part, modules in parts.items() if modules}
 
 
 def repeated_blocks(backbone: nn.Module) -> list[nn.Module]:
@@ -89,6 +100,16 @@ def uncompile_model(model: nn.Module) -> nn.Module:
         # nn.Module.compile stores the compiled callable here; there is no public undo
         module._compiled_call_impl = None
     return model
+
+
+def _check_compilable(model: nn.Module) -> None:
+    if not hasattr(model, "backbone") or not hasattr(model, "decode_head"):
+        raise TypeError(
+            f"compile_model expects a zoo model (backbone, neck, decode_head), got {type(model).__name__}; "
+            "for other modules call torch.compile directly"
+        )
+    if is_compiled(model):
+        raise ValueError("model is already compiled; call segzoo.uncompile_model(model) first to change the mode")
 
 
 def _compile_whole_or_regional(model: nn.Module, compile_kwargs: dict[str, Any]) -> None:
