@@ -8,9 +8,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("nnUNet_def_n_proc", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker (and per process it starts): the workers already use every core,
+    # and tiny models gain nothing from intra-op threads
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+# dynamo would otherwise remember which shapes were dynamic in earlier runs (a profile in the cache
+# folder), so whether a compile test recompiles would depend on what ran before it
+torch._dynamo.config.automatic_dynamic_local_pgo = False
 
 from tests.tiny_models import TINY_VIT, TINY_WIDTH  # noqa: E402
 

@@ -44,7 +44,10 @@ def _run_client(hub: LocalHub, hf_home: Path, ref_dir: Path, steps: list[str], o
     return json.loads(lines[-1][len("RESULTS="):])
 
 
-@pytest.fixture(scope="module")
+pytestmark = pytest.mark.xdist_group("hub")  # one worker: its tests share the module's Hub server
+
+
+@pytest.fixture(scope="session")  # one per worker: xdist may interleave other modules' tests
 def hub_session(tmp_path_factory):
     """Serve tiny weights, run the online steps, then the offline ones; keep the request log."""
     tmp = tmp_path_factory.mktemp("hub")

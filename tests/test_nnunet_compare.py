@@ -55,10 +55,11 @@ for dataset in ({ct}, {zscore}):
 train_nnunet_baseline({ct}, 0, {epochs}, {iterations}, 1)
 """.replace("{ct}", str(CT_ID)).replace("{zscore}", str(ZSCORE_ID)).replace("{zoo!r}", repr(ZOO))
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# one worker runs this module: its tests share the module fixture's nnU-Net folders
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.xdist_group("nnunet_volumes")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one per worker: xdist may interleave other modules' tests
 def runs():
     """nnU-Net folders with the two volume datasets preprocessed and fold 0 trained."""
     base = Path(tempfile.mkdtemp(prefix="segzoo_nnunet_volumes_"))  # private: not pruned by other pytest runs
@@ -124,33 +125,23 @@ def test_volumes_predicted_by_both_commands_are_identical(runs):
 
 
 @pytest.mark.parametrize("dataset_name", [CT_NAME, ZSCORE_NAME], ids=["CT", "zscore"])
-def test_onnx_fold_predictor_labels_volumes_as_nnunetv2_predict(runs, dataset_name, tmp_path):
+def test_onnx_fold_predictor_labels_volumes_as_nnunetv2_predict(runs, dataset_name, tmp_path, monkeypatch):
     """The exported fold, run slice by slice by OnnxFoldPredictor (CT or z-score normalisation, sliding
     window, mirroring), labels a held-out volume as stock nnUNetv2_predict does, with every class present.
 
     A 2-step training predicts background almost everywhere, which would hide a wrong label order or
-    a mirrored class map, so both predictors run a copy of the fold with large random class
-    directions in its classifier: every class then wins somewhere."""
+    a mirrored class map, so both predictors run a copy of the fold whose classifier is rewritten
+    to give each class about a third of the test volume (see _spread_classes)."""
     pytest.importorskip("onnxruntime", reason="the export extra")
-    import torch
-
     from nnunet_bridge.onnx_predict import OnnxFoldPredictor
 
     dataset_id = dataset_name[len("Dataset"):].split("_")[0]
     env = dict(runs["env"], nnUNet_results=str(tmp_path / "results"))
     run_folder = Path(env["nnUNet_results"]) / dataset_name / ZOO_RUN
     shutil.copytree(runs["results"] / dataset_name / ZOO_RUN, run_folder)
-    checkpoint_file = run_folder / "fold_0" / "checkpoint_final.pth"
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-    weights = checkpoint["network_weights"]
-    classifier = [k for k in weights if k.endswith("decode_head.classifier.weight")]
-    assert len(classifier) == 1, f"expected one classifier weight in the checkpoint, got {classifier}"
-    # large random class directions, no bias: which class wins follows the features, not the short training
-    weights[classifier[0]] = torch.randn(weights[classifier[0]].shape, generator=torch.Generator().manual_seed(0))
-    weights[classifier[0].replace(".weight", ".bias")].zero_()
-    torch.save(checkpoint, checkpoint_file)
-
     images = Path(env["nnUNet_raw"]) / dataset_name / "imagesTs"
+    monkeypatch.setenv("nnUNet_extTrainer", EXT_TRAINER_DIR)  # nnU-Net's in-process predictor finds the trainer
+    _spread_classes(run_folder, images, tmp_path / "calibration")
     stock = tmp_path / "stock"
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", dataset_id, "-c", ZOO, "-f", "0",
          "-tr", "nnUNetTrainerSegZoo", "-npp", "0", "-nps", "0", "-device", "cpu"], dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
@@ -168,7 +159,8 @@ def test_onnx_fold_predictor_labels_volumes_as_nnunetv2_predict(runs, dataset_na
     assert ours.shape == want.shape == volume.shape
     assert sorted(np.unique(want).tolist()) == labels, f"nnUNetv2_predict gave classes {np.unique(want).tolist()}"
     agreement = float((ours == want).mean())
-    print(f"{dataset_name}: {agreement:.5f} of voxels agree; classes {np.unique(ours).tolist()}")
+    shares = np.bincount(want.ravel(), minlength=len(labels)) / want.size
+    print(f"{dataset_name}: {agreement:.5f} of voxels agree; class shares {np.round(shares, 3).tolist()}")
     assert agreement >= 0.999, f"only {agreement:.4%} of voxels agree with nnUNetv2_predict"
 
 
@@ -266,19 +258,7 @@ def test_compare_names_an_unknown_dataset(tmp_path):
 
 def _network_parameters(run_folder: Path) -> int:
     """``parameters()`` of the network nnU-Net builds for a run (U-Net: its decoder shares the encoder)."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    plans = PlansManager(json.loads((run_folder / "plans.json").read_text()))
-    dataset_json = json.loads((run_folder / "dataset.json").read_text())
-    config = plans.get_configuration(run_folder.name.rsplit("__", 1)[1])
-    network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
-                                     config.network_arch_init_kwargs_req_import,
-                                     determine_num_input_channels(plans, config, dataset_json),
-                                     plans.get_label_manager(dataset_json).num_segmentation_heads, allow_init=True,
-                                     deep_supervision=True)
-    return sum(p.numel() for p in network.parameters())
+    return sum(p.numel() for p in _network(run_folder, deep_supervision=True).parameters())
 
 
 def _checkpoint_weights(fold: Path) -> dict:
@@ -292,6 +272,57 @@ def _geometry(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]]:
 
     image = sitk.ReadImage(str(path))
     return image.GetSize(), tuple(round(s, 4) for s in image.GetSpacing())
+
+
+def _spread_classes(run_folder: Path, images: Path, work: Path) -> None:
+    """Rewrite fold 0's classifier so that each class wins on about a third of the test volume.
+
+    nnU-Net's prediction is linear in the logits up to the softmax (Gaussian-weighted windows,
+    mirrored copies, resampling), so one in-process prediction with the logits (0, 0, d.f) for a
+    random direction d gives the averaged projection P = log(p2 / p0) at every voxel. The logits
+    (q1 - d.f, 0, d.f - q2), with q1 and q2 P's terciles, then give class 0 below q1, class 2 above
+    q2 and class 1 between, whatever the short training learnt."""
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    checkpoint_file = run_folder / "fold_0" / "checkpoint_final.pth"
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    weights = checkpoint["network_weights"]
+    [classifier] = [k for k in weights if k.endswith("decode_head.classifier.weight")]
+    bias = classifier.replace(".weight", ".bias")
+    direction = torch.randn(weights[classifier][:1].shape, generator=torch.Generator().manual_seed(0))
+    zero = torch.zeros_like(direction)
+
+    def save(rows: list[torch.Tensor], offsets: list[float]) -> None:
+        weights[classifier], weights[bias] = torch.cat(rows), torch.tensor(offsets)
+        torch.save(checkpoint, checkpoint_file)
+
+    save([zero, zero, direction], [0.0, 0.0, 0.0])
+    predictor = nnUNetPredictor(perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False,
+                                verbose_preprocessing=False)
+    predictor.initialize_from_trained_model_folder(str(run_folder), use_folds=(0,))
+    work.mkdir()  # the sequential path writes its arguments file before creating the folder
+    predictor.predict_from_files_sequential(str(images), str(work), save_probabilities=True)
+    [probabilities] = [np.load(f)["probabilities"] for f in work.glob("*.npz")]
+    projection = np.log(probabilities[2]) - np.log(probabilities[0])
+    low, high = np.quantile(projection, [1 / 3, 2 / 3])
+    save([-direction, zero, direction], [float(low), 0.0, -float(high)])
+
+
+def _network(run_folder: Path, deep_supervision: bool = False) -> torch.nn.Module:
+    """The network nnU-Net builds for a run from its plans."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = PlansManager(json.loads((run_folder / "plans.json").read_text()))
+    dataset_json = json.loads((run_folder / "dataset.json").read_text())
+    config = plans.get_configuration(run_folder.name.rsplit("__", 1)[1])
+    return get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
+                                  config.network_arch_init_kwargs_req_import,
+                                  determine_num_input_channels(plans, config, dataset_json),
+                                  plans.get_label_manager(dataset_json).num_segmentation_heads, allow_init=True,
+                                  deep_supervision=deep_supervision)
 
 
 def _spacing(path: Path) -> tuple[float, ...]:

@@ -37,10 +37,11 @@ TRAIN = {"num_epochs": 2, "num_iterations_per_epoch": 2, "num_val_iterations_per
          "save_every": 1, "batch_size": 4}
 PER_RANK = re.compile(r"training throughput: ([\d.]+) images/s .*; per rank: ([\d., ]+) images/s")
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# one worker runs this module: its tests share the module fixture's nnU-Net folders
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.xdist_group("nnunet_ddp")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one per worker: xdist may interleave other modules' tests
 def ddp_env():
     """nnU-Net folders with a tiny dataset planned and preprocessed (2d), for every test here."""
     base = Path(tempfile.mkdtemp(prefix="segzoo_nnunet_ddp_"))

@@ -47,10 +47,11 @@ TINY_CONFIG = {
               "warmup_epochs": 1, "save_every": 1},
 }
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+# one worker runs this module: its tests share the module fixture's nnU-Net folders
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.xdist_group("nnunet_e2e")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one per worker: xdist may interleave other modules' tests
 def nn_env():
     """nnU-Net folders with the RGB and the 1-channel dataset planned and preprocessed (2d)."""
     # a private folder: pytest's shared basetemp is pruned by concurrent pytest runs
@@ -151,6 +152,7 @@ def test_pretrained_weights_from_a_run_with_other_classes(nn_env, monkeypatch, c
 
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, nn_env["env"][key])
+    _ensure_trained(nn_env)
     source = _fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth"
     monkeypatch.setenv(PRETRAINED_WEIGHTS_ENV, str(source))
     plans, dataset_json = _plans(nn_env, RGB_ID), _dataset_json(nn_env, RGB_ID)
@@ -186,13 +188,14 @@ def test_unavailable_pretrained_weights_fail_with_the_fix(nn_env, monkeypatch):
         trainer.initialize()
 
     # --c / --val restore every weight from the checkpoint: no download is attempted
+    _ensure_trained(nn_env)
     resumed = nnUNetTrainerSegZoo(dict(plans, continue_training=True), CONFIG_NAME, 3,
                                   _dataset_json(nn_env, RGB_ID), device=torch.device("cpu"))
     resumed.load_checkpoint(str(_fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth"))
     assert resumed.current_epoch == 2
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one per worker: xdist may interleave other modules' tests
 def exported_fold(nn_env) -> dict:
     """Fold 0 exported once by ``segzoo-nnunet export`` (its ONNX file and the command's output)."""
     pytest.importorskip("onnxruntime", reason="the export extra")
@@ -282,6 +285,7 @@ def test_checkpoints_hold_every_key_nnunets_own_code_reads(nn_env, monkeypatch):
 
     from nnunet_bridge.trainer import PRETRAINED_WEIGHTS_ENV
 
+    _ensure_trained(nn_env)
     source = _fold_dir(nn_env, RGB_ID, 0) / "checkpoint_final.pth"
     saved = torch.load(source, map_location="cpu", weights_only=False)
     nnunet_reads = set(re.findall(r"checkpoint\[['\"](\w+)['\"]\]", inspect.getsource(nnUNetTrainer.load_checkpoint)))
