@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,84 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _compile_fallback_worker(rank: int, port: int) -> None:
+    """One rank of the SegFormer head (BatchNorm -> SyncBatchNorm -> CpuSyncBatchNorm) trained
+    through the bridge's collective compile fall-back with a backend failing on rank 1 only."""
+    import segzoo
+    from nnunet_bridge.network import ZooNetwork
+    from nnunet_bridge.training.compilation import CompilesRegionally
+    from nnunet_bridge.training.sync_batchnorm import let_sync_batchnorm_run_on_cpu
+    from tests.nnunet_trainers.rank_report_trainers import RANK1_FAILS_BACKEND
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # same initial weights on both ranks
+        model = segzoo.create_model("segformer_dinov3_small", num_classes=2, pretrained=False,
+                                    backbone_kwargs=dict(TINY_VIT), decoder_hidden_size=TINY_WIDTH)
+        bare = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ZooNetwork(model))  # as nnU-Net's DDP mode
+        assert let_sync_batchnorm_run_on_cpu(bare) > 0, "the SegFormer head has no BatchNorm to sync"
+        segzoo.compile_model(model, "regional", backend=RANK1_FAILS_BACKEND)
+        trainer = _FallbackTrainer(bare)
+        network = DistributedDataParallel(bare)
+        torch.manual_seed(100 + rank)  # different data per rank
+        for _ in range(2):
+            x, target = torch.randn(2, 3, 32, 32), torch.randint(0, 2, (2, 32, 32))
+
+            def step() -> None:
+                out = network(x)
+                loss = torch.nn.functional.cross_entropy(out[0] if isinstance(out, (list, tuple)) else out, target)
+                trainer.optimizer.zero_grad()
+                loss.backward()
+                trainer.optimizer.step()
+
+            trainer._with_eager_fallback("training step", step)
+        assert not segzoo.is_compiled(model), f"rank {rank} is still compiled"
+        weights = torch.cat([t.detach().flatten().float() for t in bare.state_dict().values()])
+        gathered = [torch.empty_like(weights) for _ in range(2)]
+        dist.all_gather(gathered, weights)
+        torch.testing.assert_close(gathered[0], gathered[1], atol=0, rtol=0)
+    finally:
+        dist.destroy_process_group()
+
+
+class _FallbackTrainer:
+    """What the bridge's compile fall-back reads of a trainer, around a real network (no nnU-Net run)."""
+
+    from nnunet_bridge.training.compilation import CompilesRegionally as _c
+
+    _with_eager_fallback = _c._with_eager_fallback
+    _check_compiles_on_every_rank = _c._check_compiles_on_every_rank
+    _try_compiled_forward = _c._try_compiled_forward
+    _fall_back_to_eager = _c._fall_back_to_eager
+    is_ddp, device, batch_size, num_input_channels = True, torch.device("cpu"), 2, 3
+
+    def __init__(self, network: torch.nn.Module):
+        self.network, self._compiled_steps_checked = network, set()
+        self.configuration_manager = type("Plan", (), {"patch_size": (32, 32)})()
+        self.optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+        self.log: list[str] = []
+
+    def bare_network(self) -> torch.nn.Module:
+        return self.network
+
+    def print_to_log_file(self, *args: object) -> None:
+        self.log.append(" ".join(map(str, args)))
+
+
+def test_compile_failing_on_one_rank_falls_back_together_with_sync_batchnorm():
+    """Two gloo ranks, SegFormer's head with SyncBatchNorm, compiled with a backend that fails on
+    rank 1 only: the trial forward's BatchNorm must not meet the fall-back flag's all-reduce (a
+    mismatch aborts gloo, hangs NCCL). Both ranks end eager with the same weights, within a minute."""
+    context = mp.spawn(_compile_fallback_worker, args=(_free_port(),), nprocs=2, join=False)
+    deadline = time.monotonic() + 60
+    try:
+        while not context.join(timeout=1):
+            assert time.monotonic() < deadline, "the ranks hang in the compile fall-back"
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()

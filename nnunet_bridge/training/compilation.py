@@ -15,6 +15,7 @@ from segzoo import compile_model, is_compiled, uncompile_model
 
 from ..config import ConfigError
 from .base import ZooTrainerBase
+from .sync_batchnorm import sync_batchnorm_on_this_rank_only
 
 __all__ = ["COMPILE_ENV", "CompilesRegionally"]
 
@@ -99,10 +100,14 @@ class CompilesRegionally(ZooTrainerBase):
         collective of theirs (DDP's gradient all-reduce, the Dice loss's gather). So the first
         compiled run of each kind of step is tried beforehand, on the bare network, without the
         loss or an optimizer step, and one all-reduce tells every rank whether any failed: then
-        all go eager. (SyncBatchNorm's own collective stays in the tried forward.)"""
+        all go eager. The tried forward normalises each rank's BatchNorm locally: a rank whose
+        compile fails halfway would otherwise leave the others in SyncBatchNorm's all-reduce,
+        meeting the flag's (gloo aborts on the size mismatch, NCCL hangs). Regions holding
+        SyncBatchNorm therefore compile once more, synced, in the real step."""
         error = None
         try:
-            self._try_compiled_forward(what)
+            with sync_batchnorm_on_this_rank_only(self.bare_network()):
+                self._try_compiled_forward(what)
         except Exception as err:  # noqa: BLE001 - any compiler failure; eager re-raises a real bug in the step
             error = err
         failed = torch.tensor([int(error is not None)], device=self.device if self.device.type == "cuda" else "cpu")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["CpuSyncBatchNorm", "let_sync_batchnorm_run_on_cpu"]
+__all__ = ["CpuSyncBatchNorm", "let_sync_batchnorm_run_on_cpu", "sync_batchnorm_on_this_rank_only"]
 
 
 class CpuSyncBatchNorm(_BatchNorm):
@@ -80,3 +81,32 @@ def let_sync_batchnorm_run_on_cpu(module: nn.Module) -> int:
             child.__class__ = CpuSyncBatchNorm
             converted += 1
     return converted
+
+
+_own_rank_groups: dict[int, Any] = {}  # id(WORLD) -> this rank's one-process group
+
+
+@contextlib.contextmanager
+def sync_batchnorm_on_this_rank_only(module: nn.Module) -> Iterator[None]:
+    """Within this block, every SyncBatchNorm in ``module`` (torch's or :class:`CpuSyncBatchNorm`)
+    syncs over a group of this process alone: plain BatchNorm of the local batch, no collective.
+
+    So a rank can run a forward that may fail halfway (a compile trial) without the others
+    waiting in a BatchNorm all-reduce it never reaches. Every rank must enter the block (the
+    one-process groups are made collectively, once per process group)."""
+    layers = [m for m in module.modules() if isinstance(m, (nn.SyncBatchNorm, CpuSyncBatchNorm))]
+    if not layers or not dist.is_initialized():
+        yield
+        return
+    world = dist.group.WORLD
+    if id(world) not in _own_rank_groups:
+        _own_rank_groups[id(world)] = dist.new_subgroups(group_size=1)[0]
+    own = _own_rank_groups[id(world)]
+    previous = [m.process_group for m in layers]
+    for m in layers:
+        m.process_group = own
+    try:
+        yield
+    finally:
+        for m, group in zip(layers, previous):
+            m.process_group = group
