@@ -103,7 +103,7 @@ def test_loss_equals_transformers_eomt_loss():
     assert set(ours) == set(theirs) and len(ours) == 3 * 3  # final + 2 query blocks
     for name, value in theirs.items():
         weight = next(w for key, w in head.loss_weights.items() if name.startswith(key))
-        torch.testing.assert_close(ours[name], value * weight, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(ours[name], value * weight, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "additive"])

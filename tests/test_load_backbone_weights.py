@@ -30,7 +30,7 @@ def test_loads_what_create_model_loads(tiny, tmp_path, capsys):
     assert "0 missing, 0 unexpected" in capsys.readouterr().out
     want = built_with.backbone.state_dict()
     for key, value in model.backbone.state_dict().items():
-        torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(value, want[key], rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
 
 
 def test_lora_model_gets_the_weights_in_its_base_layers_and_keeps_its_adapters(tiny, tmp_path):
@@ -46,7 +46,7 @@ def test_lora_model_gets_the_weights_in_its_base_layers_and_keeps_its_adapters(t
 
     state = model.state_dict()
     for key, value in kept.items():
-        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
     base = state["backbone.model.blocks.0.attn.qkv.base_layer.weight"]
     torch.testing.assert_close(base, source.state_dict()["blocks.0.attn.qkv.weight"], rtol=0, atol=0)
     assert not model.backbone.model.blocks[0].attn.qkv.base_layer.weight.requires_grad  # still frozen
@@ -76,7 +76,7 @@ def test_a_bad_file_raises_and_leaves_the_model_as_it_was(tiny, tmp_path):
     with pytest.raises(segzoo.CheckpointError, match=r"blocks\.1\.attn\.qkv\.weight"):
         segzoo.load_backbone_weights(model, checkpoint_path=tmp_path / "partial.safetensors")
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=lambda m: f"{key}: {m}")
 
 
 def test_offline_without_a_cached_file_says_what_to_do(tiny, tmp_path, monkeypatch):

@@ -177,7 +177,7 @@ def test_loss_equals_transformers_mask2former_loss(model):
     assert set(ours) == set(theirs) and len(ours) == 3 * 3  # last layer + 2 auxiliary layers
     for name, value in theirs.items():
         weight = next(w for key, w in head.loss_weights.items() if name.startswith(key))
-        torch.testing.assert_close(ours[name], value * weight, rtol=1e-4, atol=1e-4, msg=name)
+        torch.testing.assert_close(ours[name], value * weight, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 def test_mask_targets_hold_each_present_class_once():
