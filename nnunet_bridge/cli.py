@@ -31,9 +31,13 @@ DEFAULT_TRAINER = "nnUNetTrainerSegZoo"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (``segzoo-nnunet``)."""
+    """Console entry point (``segzoo-nnunet``). An error is one line on stderr naming the fix, exit
+    status 2; ``--debug`` (anywhere on the line) or ``SEGZOO_DEBUG=1`` shows the traceback instead."""
     parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    # taken out before parsing: predict hands every other option to nnUNetv2_predict
+    debug = "--debug" in argv or os.environ.get("SEGZOO_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     rest: list[str] = []
     if argv[:1] == ["predict"] and not {"-h", "--help"} & set(argv):
         # everything but -tr / -device goes to nnUNetv2_predict untouched (argparse would
@@ -44,33 +48,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     ensure_ext_trainer_path()
-    from .config import ConfigError
-
     try:
         return int(args.handler(args, rest) or 0)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"segzoo-nnunet {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - every failure becomes one line unless debugging
+        if debug:
+            raise
+        print(f"segzoo-nnunet {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: Exception) -> str:
+    """The message of an error the bridge expects (it names the fix), else its type and first line
+    with the way to see the rest."""
+    from segzoo import UnknownModelError
+
+    from .compare import CompareError
+    from .config import ConfigError
+    from .preflight import PreflightError
+    from .trainer_lookup import UnknownTrainerError
+
+    expected = (PreflightError, ConfigError, CompareError, UnknownModelError, UnknownTrainerError, FileNotFoundError)
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, expected):
+        return text
+    return f"{type(err).__name__}: {text} (run again with --debug or SEGZOO_DEBUG=1 for the traceback)"
 
 
 def resolve_training_configuration(dataset: str, configuration: str, config_path: str | None,
                                    plans_identifier: str = "nnUNetPlans") -> str:
     """The zoo configuration to train for ``configuration``.
 
-    A zoo configuration is trained as planned. A plain nnU-Net configuration such as
-    ``2d`` (the compatibility entry point ``nnUNetv2_train_segformer.py 996 2d 0 --segformer_config my.yaml``)
-    or a name not in the plans is derived from the YAML's model section, planning it if needed.
+    A zoo configuration is trained as planned. A plain nnU-Net configuration such as ``2d``
+    (the compatibility entry point ``nnUNetv2_train_segformer.py 996 2d 0 --segformer_config my.yaml``)
+    trains the zoo configuration derived from the YAML's model section, planned if needed.
+    A name the plans do not hold is refused before anything is written: a misspelt zoo
+    configuration must not be planned with the default model.
     """
     from .config import load_config
-    from .plans import NETWORK_CLASS_NAME, load_plans, plan
+    from .plans import NETWORK_CLASS_NAME, configuration_name_for, load_plans, plan
+    from .preflight import require_planned
 
-    existing = load_plans(dataset, plans_identifier)["configurations"].get(configuration)
-    if existing is not None and existing.get("architecture", {}).get("network_class_name") == NETWORK_CLASS_NAME:
+    require_planned(dataset, configuration, plans_identifier)
+    existing = load_plans(dataset, plans_identifier)["configurations"][configuration]
+    if existing.get("architecture", {}).get("network_class_name") == NETWORK_CLASS_NAME:
         return configuration
     config = load_config(config_path)
-    name = None if existing is not None else configuration
-    _refuse_planning_in_each_torchrun_process(configuration)
-    return plan(dataset, config, configuration_name=name, plans_identifier=plans_identifier)
+    derived = configuration_name_for(config)
+    _refuse_planning_in_each_torchrun_process(derived)
+    print(f"Note: {configuration!r} is nnU-Net's own configuration; training the zoo configuration {derived!r} "
+          f"derived from {config_path or 'the default config'}")
+    return plan(dataset, config, plans_identifier=plans_identifier)
 
 
 def _refuse_planning_in_each_torchrun_process(configuration: str) -> None:
@@ -78,9 +105,9 @@ def _refuse_planning_in_each_torchrun_process(configuration: str) -> None:
     from .distributed import torchrun_place
 
     if torchrun_place() is not None:  # every process would write the plans file at once
-        raise ConfigError(f"{configuration!r} is not a planned zoo configuration, and under torchrun each process "
-                          "would plan it; run `segzoo-nnunet plan DATASET --config FILE` once, then torchrun the "
-                          "training of the configuration it names")
+        raise ConfigError(f"a plain nnU-Net configuration names no zoo model, and under torchrun each process "
+                          f"would plan one; run `segzoo-nnunet plan DATASET --config FILE` once, then torchrun the "
+                          f"training of the configuration it names ({configuration})")
 
 
 # -- commands --------------------------------------------------------------------------
@@ -89,12 +116,14 @@ def _refuse_planning_in_each_torchrun_process(configuration: str) -> None:
 def _cmd_plan(args: argparse.Namespace, _rest: list[str]) -> int:
     from .config import load_config
     from .plans import plan
+    from .preflight import dataset_name
 
     overrides: dict = {}
     if args.model:
         name, _, tag = args.model.partition(".")
         overrides = {"model": {"name": name, **({"pretrained_tag": tag} if tag else {})}}
     config = load_config(args.config, overrides)
+    dataset_name(args.dataset)  # an unknown id: one line, not nnU-Net's traceback
     name = plan(args.dataset, config, configuration_name=args.name, plans_identifier=args.p)
     print(f"Train it with: segzoo-nnunet train {args.dataset} {name} 0")
     return 0
@@ -109,6 +138,7 @@ def _cmd_train(args: argparse.Namespace, _rest: list[str]) -> int:
         raise SystemExit("--c continues a run; -pretrained_weights starts a new one. Use one of them.")
     if args.pretrained_weights and not os.path.isfile(args.pretrained_weights):
         raise SystemExit(f"-pretrained_weights: no such file {args.pretrained_weights!r}")
+    _check_fold_and_trainer(args.fold, args.tr)  # before anything is planned or a process starts
     configuration = resolve_training_configuration(args.dataset, args.configuration, args.config, args.p)
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
@@ -136,6 +166,7 @@ def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
 
     from .trainer_lookup import bridge_trainers_resolved
 
+    _check_prediction(rest, args.tr)
     forwarded = [*rest, "-tr", args.tr, "-device", _device(args.device).type]
     old_argv = sys.argv
     sys.argv = ["nnUNetv2_predict", *forwarded]
@@ -150,6 +181,11 @@ def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
     from .export import export_fold
 
+    from .preflight import require_planned, require_trained_folds
+
+    _check_fold_and_trainer(args.fold, args.tr)
+    require_planned(args.dataset, args.configuration, args.p)
+    require_trained_folds(args.dataset, args.configuration, [args.fold], args.tr, args.p, args.chk)
     fold = args.fold if args.fold == "all" else int(args.fold)
     onnx_file, facts = export_fold(args.dataset, args.configuration, fold, args.output, trainer=args.tr,
                                    plans_identifier=args.p, checkpoint=args.chk)
@@ -172,6 +208,47 @@ def _cmd_compare(args: argparse.Namespace, _rest: list[str]) -> int:
         print(f"segzoo-nnunet compare: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_fold_and_trainer(fold: str, trainer: str) -> None:
+    from .preflight import parse_fold
+    from .trainer_lookup import find_trainer_class
+
+    parse_fold(fold)
+    find_trainer_class(trainer)  # the bridge's directly; others through nnU-Net's search, as it will
+
+
+def _check_prediction(rest: list[str], trainer: str) -> None:
+    """Dataset, configuration, folds and checkpoints of an ``nnUNetv2_predict`` command line,
+    checked before nnU-Net starts (which would otherwise fail with a traceback)."""
+    from .preflight import require_planned, require_trained_folds
+    from .trainer_lookup import find_trainer_class
+
+    # exact option names only: argparse would read nnU-Net's -disable_tta as -d isable_tta
+    values: dict[str, list[str]] = {}
+    option = None
+    for item in rest:
+        if item.startswith("-") and not item.lstrip("-").replace(".", "").isdigit():
+            option = item if item in ("-i", "-d", "-c", "-p", "-f", "-chk") else None
+            if option:
+                values[option] = []
+        elif option:
+            values[option].append(item)
+    if not values.get("-d") or not values.get("-c"):
+        return  # nnU-Net's own parser names what is missing
+    dataset, configuration = values["-d"][0], values["-c"][0]
+    plans = (values.get("-p") or ["nnUNetPlans"])[0]
+    folds = values.get("-f") or ["0", "1", "2", "3", "4"]  # nnU-Net's default: all five
+    checkpoint = (values.get("-chk") or ["checkpoint_final.pth"])[0]
+    find_trainer_class(trainer)
+    require_planned(dataset, configuration, plans)
+    require_trained_folds(dataset, configuration, folds, trainer, plans, checkpoint)
+    if values.get("-i"):  # nnU-Net predicts NaN / Inf inputs without a word
+        from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+        from .input_check import check_inputs_finite
+
+        check_inputs_finite(values["-i"][0], get_output_folder(dataset, trainer, plans, configuration))
 
 
 def _cmd_env(_args: argparse.Namespace, _rest: list[str]) -> int:

@@ -151,7 +151,8 @@ def gather(
     available = sorted(p.name for p in dataset_folder.glob("*__*__*") if p.is_dir())
     if not available:
         raise FileNotFoundError(f"no trained runs of {dataset_name} under {dataset_folder}; train one first")
-    names = [_run_name(c, available, trainers, plans_identifier) for c in configurations] or available
+    _refuse_unplanned(dataset, [c for c in configurations if c.count("__") != 2], dataset_folder, plans_identifier)
+    names = [_run_name(c, available, trainers, plans_identifier, dataset) for c in configurations] or available
     if len(set(names)) != len(names):
         raise CompareError(f"a run is named twice: {names}")
     runs = [_read_run(dataset_folder / name, list(folds), dataset_name) for name in names]
@@ -199,7 +200,27 @@ def caution(num_folds: int) -> str:
 # -- reading runs ----------------------------------------------------------------------
 
 
-def _run_name(name: str, available: list[str], trainers: Sequence[str], plans: str) -> str:
+def _refuse_unplanned(dataset: str | int, configurations: list[str], dataset_folder: Path, plans: str) -> None:
+    """Bare configuration names must be in the dataset's plans (the preprocessed plans file, or the
+    copies in the results folders when only those are here): a misspelt name is refused with
+    the closest planned ones, never compared as a run "still training"."""
+    from .preflight import refuse_unplanned
+
+    if not configurations:
+        return
+    path = Path(os.environ.get("nnUNet_preprocessed") or "/nonexistent", dataset_folder.name, f"{plans}.json")
+    copies = [path] if path.is_file() else sorted(dataset_folder.glob(f"*__{plans}__*/plans.json"))
+    names = sorted({c for copy in copies for c in json.loads(copy.read_text())["configurations"]})
+    source = str(path) if path.is_file() else f"{dataset_folder}/*__{plans}__*/plans.json"
+    for name in configurations:
+        if name not in names:
+            try:
+                refuse_unplanned(dataset, name, names, source, plans)
+            except ValueError as err:
+                raise CompareError(str(err)) from err
+
+
+def _run_name(name: str, available: list[str], trainers: Sequence[str], plans: str, dataset: str | int = "") -> str:
     if name.count("__") == 2:
         if name not in available:
             raise FileNotFoundError(f"no results folder {name!r}; trained runs: {', '.join(available)}")
@@ -213,15 +234,18 @@ def _run_name(name: str, available: list[str], trainers: Sequence[str], plans: s
     if candidates:
         raise CompareError(f"{name!r} was trained by several trainers ({', '.join(candidates)}); name the folder "
                          "in full or pick one with --trainer")
-    raise FileNotFoundError(f"no trained run of configuration {name!r} (plans {plans}); trained runs: "
-                            f"{', '.join(available)}")
+    plans_option = "" if plans == "nnUNetPlans" else f" -p {plans}"
+    raise CompareError(f"configuration {name!r} has no results folder (plans {plans}, trainers "
+                       f"{', '.join(trainers)}): it was never trained; train it with: segzoo-nnunet train "
+                       f"{dataset or 'DATASET'} {name} 0{plans_option} (nnU-Net's own configurations: nnUNetv2_train). "
+                       f"Trained runs: {', '.join(available)}")
 
 
 def _reference(reference: str | None, runs: list[RunResult], available: list[str], trainers: Sequence[str],
                plans: str) -> RunResult | None:
     if reference is None:
         return next((r for r in runs if r.name == DEFAULT_REFERENCE), runs[0])
-    wanted = _run_name(reference, available, trainers, plans)
+    wanted = _run_name(reference, available, trainers, plans)  # compared runs are checked already
     found = next((r for r in runs if r.name == wanted), None)
     if found is None:
         raise CompareError(f"the reference {reference!r} is not among the compared runs "

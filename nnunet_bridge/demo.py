@@ -91,13 +91,16 @@ def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: in
 
     from . import ensure_ext_trainer_path
     from .baseline import train_nnunet_baseline
+    from .trainer_lookup import bridge_trainers_resolved
 
     ensure_ext_trainer_path()
     os.environ["nnUNet_n_proc_DA"] = "0"  # augment in-process: worker processes only compete for 2 cores
-    run_training(str(DEMO_DATASET_ID), configuration, 0, ZOO_TRAINER, device=torch.device(device))
+    with bridge_trainers_resolved():  # every trainer lookup of the demo goes through the bridge's guard
+        run_training(str(DEMO_DATASET_ID), configuration, 0, ZOO_TRAINER, device=torch.device(device))
 
-    _step(5, f"training nnU-Net's own 2d U-Net (nnUNetTrainer) for the same {epochs} epochs x {iterations} iterations")
-    train_nnunet_baseline(DEMO_DATASET_ID, 0, epochs, iterations, VAL_ITERATIONS, device=device)
+        _step(5, f"training nnU-Net's own 2d U-Net (nnUNetTrainer) for the same {epochs} epochs x {iterations} "
+                 "iterations")
+        train_nnunet_baseline(DEMO_DATASET_ID, 0, epochs, iterations, VAL_ITERATIONS, device=device)
 
     _step(6, f"predicting the {NUM_TEST} held-out images with both models")
     predictions, unet_predictions = out / "predictions", out / "predictions_unet"
@@ -152,11 +155,14 @@ def _predict(trainer: str, configuration: str, images: Path, output: Path, devic
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
+    from .trainer_lookup import bridge_trainers_resolved
+
     predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                 allow_tqdm=False, verbose=False)
-    predictor.initialize_from_trained_model_folder(
-        get_output_folder(DEMO_DATASET_ID, trainer, "nnUNetPlans", configuration),
-        use_folds=(0,), checkpoint_name="checkpoint_final.pth")
+    with bridge_trainers_resolved():  # nnU-Net looks the trainer up by name in here
+        predictor.initialize_from_trained_model_folder(
+            get_output_folder(DEMO_DATASET_ID, trainer, "nnUNetPlans", configuration),
+            use_folds=(0,), checkpoint_name="checkpoint_final.pth")
     # in this process: worker processes would only compete for the cores (what -npp 0 -nps 0 does)
     output.mkdir(parents=True, exist_ok=True)  # the sequential path does not create it
     predictor.predict_from_files_sequential(str(images), str(output), save_probabilities=False, overwrite=True)
