@@ -284,27 +284,7 @@ def test_bridge_trainers_are_handed_to_nnunet_without_its_folder_search():
     assert training_module.recursive_find_trainer_class_by_name is nnunet_search  # restored
 
 
-def test_other_trainers_go_through_nnunets_search_retried_after_a_sys_modules_race():
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    from nnunet_bridge.trainer_lookup import find_trainer_class
-
-    calls = []
-
-    def racy_search(name):
-        calls.append(name)
-        if len(calls) == 1:
-            raise RuntimeError("dictionary changed size during iteration")
-        return nnUNetTrainer
-
-    assert find_trainer_class("nnUNetTrainer", racy_search) is nnUNetTrainer
-    assert calls == ["nnUNetTrainer", "nnUNetTrainer"]
-
-    def missing(name):
-        raise RuntimeError(f"Could not find requested nnunet trainer {name}")
-
-    with pytest.raises(RuntimeError, match="Could not find requested nnunet trainer nnUNetTrainerTypo"):
-        find_trainer_class("nnUNetTrainerTypo", missing)
+# nnU-Net's real search, its retry and an unknown name: tests/test_nnunet_cli_errors.py
 
 
 def test_lora_compatibility_spellings_are_aliases_and_both_at_once_is_an_error(tmp_path):

@@ -241,7 +241,7 @@ def test_compare_names_missing_unfinished_and_unvalidated_folds(runs, tmp_path, 
 def test_compare_refuses_what_it_cannot_find(runs):
     env = runs["env"]
     err = bridge(["compare", str(CT_ID), "2d_upernet_dinov3_small"], env, expect_fail=True)
-    assert "no trained run of configuration '2d_upernet_dinov3_small'" in err and UNET_RUN in err
+    assert "configuration '2d_upernet_dinov3_small' is not in the plans" in err and "segzoo-nnunet plan" in err
     err = bridge(["compare", str(CT_ID), ZOO, "--reference", "3d_fullres"], env, expect_fail=True)
     assert "3d_fullres" in err and "Traceback" not in err
 
