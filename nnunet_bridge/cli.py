@@ -270,7 +270,8 @@ def _cmd_demo(args: argparse.Namespace, _rest: list[str]) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segzoo-nnunet", allow_abbrev=False,
-        description="Train, continue, validate and predict segzoo models with nnU-Net v2.",
+        description="Train, continue, validate and predict segzoo models with nnU-Net v2. An error is one "
+                    "line; --debug (anywhere on the line) or SEGZOO_DEBUG=1 shows its traceback.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{plan,train,predict,export,compare,env,demo}")
 
