@@ -5,10 +5,13 @@ the checkpoint's trainer name and its configuration name, so the model must live
 plans: ``plan`` writes a configuration ``2d_<model name>`` that inherits everything from
 ``2d`` (same preprocessed data, spacing, normalisation) and replaces the architecture
 with :func:`nnunet_bridge.network.build_zoo_network` plus the zoo name and kwargs. The
-patch size is snapped to a multiple of the ViT patch size, the batch size is chosen for
+patch size is snapped to a multiple of the ViT patch size (up when the dataset's median image
+allows it, else down, with a note), the batch size is chosen for
 a ViT rather than from nnU-Net's UNet memory estimate, and the resolved bridge config is
 stored under the configuration's ``segzoo`` key. A configuration that has been trained is
 immutable: re-planning it with different settings is an error naming the differences.
+Settings that contradict each other or that the model does not take are refused before the
+plans file is touched.
 """
 
 from __future__ import annotations
@@ -88,6 +91,14 @@ def plan(
     if config.lora.enabled and not supports_lora(zoo_model_name(config)):
         raise ConfigError(f"lora.enabled is true, but {zoo_model_name(config)} takes no LoRA: {NO_LORA_ON_MIT}. "
                           "Set lora.enabled: false in your YAML")
+    if config.lora.enabled and not config.model.pretrained and not config.model.checkpoint_path:
+        # LoRA freezes the backbone: without weights that would train adapters on a random network
+        raise ConfigError(
+            "lora.enabled is true, but the backbone gets no weights (model.pretrained is false and "
+            "model.checkpoint_path is empty): LoRA would freeze a randomly initialised backbone and train only "
+            "its adapters. Set model.pretrained: true or model.checkpoint_path: <backbone weights>, or set "
+            "lora.enabled: false to train the whole backbone from scratch"
+        )
     plans = load_plans(dataset, plans_identifier)
     configurations = plans["configurations"]
     if BASE_CONFIGURATION not in configurations:
@@ -97,6 +108,7 @@ def plan(
         )
     base = _resolve(configurations, BASE_CONFIGURATION)
     new = _zoo_configuration(config, base, plans)
+    _check_model_builds(new["architecture"]["arch_kwargs"], len(base.get("normalization_schemes", [])) or 1)
     old = configurations.get(name)
     if old is not None and old != new:
         differences = diff_dicts(_comparable(old), _comparable(new))
@@ -150,7 +162,7 @@ def _zoo_configuration(config: DictConfig, base: dict[str, Any], plans: dict[str
     arch_kwargs = arch_kwargs_from_config(config, _input_normalization(config, base))
     patch = _patch_multiple(config, arch_kwargs["model_name"])
     wanted = list(config.train.patch_size) if config.train.patch_size is not None else list(base["patch_size"])
-    patch_size = [max(patch, (int(s) // patch) * patch) for s in wanted]
+    patch_size = _snap_patch_size([int(s) for s in wanted], patch, base.get("median_image_size_in_voxels"))
     batch_size = config.train.batch_size or _default_batch_size(arch_kwargs["model_name"], patch_size, patch, base)
     stored = config_to_dict(config)
     stored["train"]["batch_size"], stored["train"]["patch_size"] = int(batch_size), patch_size
@@ -165,6 +177,47 @@ def _zoo_configuration(config: DictConfig, base: dict[str, Any], plans: dict[str
         },
         "segzoo": stored,
     }
+
+
+def _snap_patch_size(wanted: list[int], patch: int, median_shape: list[float] | None) -> list[int]:
+    """Each side of ``wanted`` as a multiple of the backbone's ``patch``: rounded up when the
+    dataset's median image (nnU-Net's ``median_image_size_in_voxels``) is at least that big,
+    else down (never below one patch). Prints what changed and why."""
+    snapped, notes = [], []
+    median = list(median_shape)[-len(wanted):] if median_shape else None
+    for axis, size in enumerate(wanted):
+        down, up = max(patch, size // patch * patch), -(-size // patch) * patch
+        if size % patch == 0:
+            snapped.append(size)
+        elif median is not None and up <= median[axis]:
+            snapped.append(up)
+        else:
+            snapped.append(down)
+            why = (f"the median image is {median[axis]:g} px" if median is not None
+                   else "the plans hold no median image size")
+            notes.append(f"side {axis} rounded down to {down}, not up to {up}: {why}")
+    if snapped != wanted:
+        print(f"Note: patch size {wanted} -> {snapped}, a multiple of the backbone's patch size {patch}"
+              + (f" ({'; '.join(notes)})" if notes else "") + ". Set train.patch_size to choose it yourself.")
+    return snapped
+
+
+def _check_model_builds(arch_kwargs: dict[str, Any], in_chans: int) -> None:
+    """Build the planned model on the meta device (no memory, no weights, well under a second)
+    so that a key the model, its head or timm's ViT does not take is refused now, with the zoo's
+    "did you mean", instead of when training starts (or, as timm's bare TypeError, never named)."""
+    import torch
+
+    from .network import create_zoo_model
+
+    try:
+        with torch.device("meta"):
+            create_zoo_model(arch_kwargs["model_name"], in_chans, 2, arch_kwargs["model_kwargs"])
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"the model settings do not fit {arch_kwargs['model_name']}: {err}. Fix the key in the YAML's model "
+            "section (model.kwargs holds create_model's keywords, model.kwargs.backbone_kwargs timm's ViT arguments)"
+        ) from None
 
 
 def _comparable(configuration: dict[str, Any]) -> dict[str, Any]:

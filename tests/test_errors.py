@@ -170,3 +170,20 @@ def test_without_network_the_cache_answers_at_once_and_the_advice_fits_the_reque
     with pytest.raises(segzoo.HubAccessError, match="copy the saved model's folder") as saved_model:
         segzoo.create_model("hf-hub:someone/some-model")
     assert "checkpoint_path" not in str(saved_model.value)  # create_model refuses it for saved models
+
+
+@pytest.mark.parametrize("name, timm_class", [("segformer_dinov3_small", "Eva"),
+                                              ("upernet_dinov2_small", "VisionTransformer")])
+def test_an_unknown_backbone_kwarg_is_named_with_the_closest_before_timm_builds(tiny, monkeypatch, name, timm_class):
+    import segzoo.backbones.vit as vit
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("timm was called before backbone_kwargs were checked")
+
+    monkeypatch.setattr(vit.timm, "create_model", must_not_build)
+    with pytest.raises(TypeError, match=rf"backbone_kwargs\['depht'\] is not an argument of \w+'s timm ViT "
+                                        rf"\({timm_class}, vit_\w+\) \(did you mean 'depth'\?\); it accepts: "
+                                        r".*\bembed_dim\b.*\bdepth\b"):
+        segzoo.create_model(name, pretrained=True, num_classes=2, backbone_kwargs=dict(depht=2))  # no download either
+    with pytest.raises(ValueError, match=r"backbone_kwargs\['in_chans'\] is set by create_model: pass in_chans=\.\.\."):
+        segzoo.create_model(name, num_classes=2, backbone_kwargs=dict(tiny["backbone_kwargs"], in_chans=1))

@@ -144,7 +144,7 @@ def test_warmup_then_poly_in_one_scheduler_with_resumable_state():
 # -- plans -----------------------------------------------------------------------------
 
 
-def _minimal_plans(tmp_path, monkeypatch, patch=(100, 90), schemes=("ZScoreNormalization",)):
+def _minimal_plans(tmp_path, monkeypatch, patch=(100, 90), schemes=("ZScoreNormalization",), median=None):
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "res"))
     folder = tmp_path / "pre" / "Dataset123_Tiny"
@@ -152,13 +152,15 @@ def _minimal_plans(tmp_path, monkeypatch, patch=(100, 90), schemes=("ZScoreNorma
     plans = {"dataset_name": "Dataset123_Tiny", "plans_name": "nnUNetPlans", "configurations": {
         "2d": {"patch_size": list(patch), "batch_size": 12, "normalization_schemes": list(schemes),
                "data_identifier": "nnUNetPlans_2d"}}}
+    if median is not None:  # what nnU-Net's planner stores for the 2d configuration
+        plans["configurations"]["2d"]["median_image_size_in_voxels"] = list(median)
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
     return folder / "nnUNetPlans.json"
 
 
 def test_plan_snaps_patch_to_the_backbone_patch_and_sets_batch(tmp_path, monkeypatch):
-    path = _minimal_plans(tmp_path, monkeypatch)
-    name = plan(123, load_config({"model": TINY_MODEL}), verbose=False)
+    path = _minimal_plans(tmp_path, monkeypatch)  # no median image size: sides are rounded down
+    name = plan(123, load_config({"model": {**TINY_MODEL, "pretrained": True}}), verbose=False)
     assert name == "2d_segformer_dinov2_small"
     conf = json.loads(path.read_text())["configurations"][name]
     assert conf["patch_size"] == [98, 84]  # multiples of 14
@@ -170,7 +172,7 @@ def test_plan_snaps_patch_to_the_backbone_patch_and_sets_batch(tmp_path, monkeyp
     # (512x512 at patch 16) on a 24 GiB card; a ViT-S (the size in the model name) takes 4x as
     # many tokens. It never exceeds nnU-Net's own 2d batch (12 here) and never drops below 2.
     def batch_size(model: dict, patch_size: list[int]) -> int:
-        config = load_config({"model": model, "train": {"patch_size": patch_size}})
+        config = load_config({"model": model, "train": {"patch_size": patch_size}, "lora": {"enabled": False}})
         planned_name = plan(123, config, verbose=False)
         planned = json.loads(path.read_text())["configurations"][planned_name]
         assert planned["patch_size"] == patch_size  # already multiples of 14: the tokens below are exact
@@ -193,11 +195,54 @@ def test_plan_without_nnunet_plans_says_what_to_run(tmp_path, monkeypatch):
 
 def test_untrained_configuration_may_be_replanned(tmp_path, monkeypatch):
     path = _minimal_plans(tmp_path, monkeypatch, schemes=("RGBTo01Normalization",) * 3)
-    plan(123, load_config({"model": TINY_MODEL}), verbose=False)
-    plan(123, load_config({"model": {**TINY_MODEL, "decoder_hidden_size": 16}}), verbose=False)
+    plan(123, load_config({"model": TINY_MODEL, "lora": {"enabled": False}}), verbose=False)
+    plan(123, load_config({"model": {**TINY_MODEL, "decoder_hidden_size": 16}, "lora": {"enabled": False}}),
+         verbose=False)
     conf = json.loads(path.read_text())["configurations"]["2d_segformer_dinov2_small"]
     assert conf["architecture"]["arch_kwargs"]["model_kwargs"]["decoder_hidden_size"] == 16
     assert conf["architecture"]["arch_kwargs"]["input_normalization"] == "backbone"
+
+
+def test_plan_rounds_the_patch_up_when_the_images_allow_it_and_says_so(tmp_path, monkeypatch, capsys):
+    """nnU-Net's 40x40 on a patch-14 backbone: 42 where the median image is at least 42 px, else 28."""
+    path = _minimal_plans(tmp_path, monkeypatch, patch=(40, 40), median=(48, 41))
+    no_lora = {"model": TINY_MODEL, "lora": {"enabled": False}}
+    name = plan(123, load_config(no_lora), verbose=False)
+    assert json.loads(path.read_text())["configurations"][name]["patch_size"] == [42, 28]
+    assert ("Note: patch size [40, 40] -> [42, 28], a multiple of the backbone's patch size 14 "
+            "(side 1 rounded down to 28, not up to 42: the median image is 41 px)") in capsys.readouterr().out
+    plan(123, load_config({**no_lora, "train": {"patch_size": [56, 28]}}), verbose=False)
+    assert json.loads(path.read_text())["configurations"][name]["patch_size"] == [56, 28]
+    assert "Note: patch size" not in capsys.readouterr().out  # nothing changed, nothing said
+
+
+def test_plan_refuses_lora_on_a_backbone_without_weights_and_writes_nothing(tmp_path, monkeypatch):
+    path = _minimal_plans(tmp_path, monkeypatch)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"lora\.enabled is true, but the backbone gets no weights .*"
+                                          r"Set model\.pretrained: true or model\.checkpoint_path: .*"
+                                          r"or set lora\.enabled: false"):
+        plan(123, load_config({"model": TINY_MODEL}), verbose=False)  # pretrained: false, LoRA on by default
+    assert path.read_bytes() == before
+    # a local backbone file is weights too (plan builds nothing from it)
+    lora_on_file = {**TINY_MODEL, "checkpoint_path": str(tmp_path / "backbone.pth")}
+    assert plan(123, load_config({"model": lora_on_file}), verbose=False) == "2d_segformer_dinov2_small"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"backbone_kwarg": {"depth": 2}}, r"unknown keyword argument 'backbone_kwarg' \(did you mean 'backbone_kwargs'\?\)"),
+    ({"backbone_kwargs": {**TINY_VIT, "depht": 2}},
+     r"backbone_kwargs\['depht'\] is not an argument of dinov2_small's timm ViT \(VisionTransformer.*"
+     r"\(did you mean 'depth'\?\); it accepts: img_size, patch_size"),
+    ({"backbone_kwargs": dict(TINY_VIT), "dropuot": 0.1}, r"'dropuot' \(did you mean 'dropout'\?\)"),  # the head's
+])
+def test_plan_refuses_model_kwargs_the_model_does_not_take_and_writes_nothing(tmp_path, monkeypatch, kwargs, message):
+    path = _minimal_plans(tmp_path, monkeypatch)
+    before = path.read_bytes()
+    model = {**TINY_MODEL, "kwargs": kwargs}
+    with pytest.raises(ConfigError, match=r"the model settings do not fit segformer_dinov2_small: .*" + message):
+        plan(123, load_config({"model": model, "lora": {"enabled": False}}), verbose=False)
+    assert path.read_bytes() == before
 
 
 # -- CLI -------------------------------------------------------------------------------

@@ -13,11 +13,15 @@ from torch import nn
 
 from .._hub import download_backbone_weights
 from .._pretrained import PretrainedCfg
-from .._validation import one_weights_source
+from .._validation import did_you_mean, one_weights_source
 from .._weights import load_backbone_checkpoint
 from .specs import BackboneSpec, default_feature_indices
 
-__all__ = ["ViTBackbone", "create_vit_backbone", "published_weights_source"]
+__all__ = ["ViTBackbone", "check_backbone_kwargs", "create_vit_backbone", "published_weights_source"]
+
+# timm ViT arguments that create_vit_backbone sets itself, and the create_model keyword that sets each
+_SET_BY_CREATE_MODEL = {"in_chans": "in_chans", "num_classes": "num_classes", "drop_path_rate": "drop_path_rate",
+                        "dynamic_img_size": "img_size"}
 
 
 class ViTBackbone(nn.Module):
@@ -143,6 +147,7 @@ def create_vit_backbone(
     ``keep_norm`` keeps (and loads) the ViT's final norm.
     """
     one_weights_source(pretrained, checkpoint_path)
+    check_backbone_kwargs(spec, backbone_kwargs)
     if not spec.layer_scale and "init_values" in (backbone_kwargs or {}):
         # timm would add LayerScale parameters that no checkpoint of this family has
         raise ValueError(
@@ -182,6 +187,47 @@ def create_vit_backbone(
             checkpoint_format = checkpoint_format or source.checkpoint_format
         load_backbone_checkpoint(backbone, checkpoint_path, checkpoint_format=checkpoint_format)
     return backbone
+
+
+def check_backbone_kwargs(spec: BackboneSpec, backbone_kwargs: dict[str, Any] | None) -> None:
+    """Refuse a ``backbone_kwargs`` key that the timm class of ``spec`` does not take, naming the
+    closest argument and all accepted ones, before anything is built (timm's own error is a bare
+    ``TypeError`` from ``Eva.__init__`` / ``VisionTransformer.__init__``, raised after the lookups)."""
+    if not backbone_kwargs:
+        return
+    accepted = _timm_arguments(spec.timm_arch)
+    for key in backbone_kwargs:
+        if key in _SET_BY_CREATE_MODEL:
+            raise ValueError(f"backbone_kwargs[{key!r}] is set by create_model: pass {_SET_BY_CREATE_MODEL[key]}=... "
+                             "to create_model instead")
+        if accepted is not None and key not in accepted:
+            raise TypeError(
+                f"backbone_kwargs[{key!r}] is not an argument of {spec.name}'s timm ViT "
+                f"({_timm_class(spec.timm_arch).__name__}, {spec.timm_arch}){did_you_mean(key, accepted)}; "
+                f"it accepts: {', '.join(accepted)}"
+            )
+
+
+def _timm_class(timm_arch: str) -> type[nn.Module] | None:
+    """The timm model class behind ``timm_arch`` (its entry point's module: eva -> Eva, else VisionTransformer)."""
+    from timm.models._registry import model_entrypoint
+    from timm.models.vision_transformer import VisionTransformer
+
+    module = model_entrypoint(timm_arch).__module__
+    return {"timm.models.eva": Eva, "timm.models.vision_transformer": VisionTransformer}.get(module)
+
+
+def _timm_arguments(timm_arch: str) -> list[str] | None:
+    """The keyword arguments of the timm class's ``__init__`` that users may set (None: unknown class)."""
+    import inspect
+
+    cls = _timm_class(timm_arch)
+    if cls is None:
+        return None
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None  # takes anything: leave the check to timm
+    return [p.name for p in params if p.name != "self" and p.name not in _SET_BY_CREATE_MODEL]
 
 
 def published_weights_source(spec: BackboneSpec, tag: str | None = None) -> PretrainedCfg:
