@@ -31,7 +31,7 @@ import os
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, config_to_dict, load_config, resolved_initial_lr
 from .plans import NETWORK_CLASS_NAME, diff_dicts, stored_config
@@ -75,11 +75,21 @@ class nnUNetTrainerSegZoo(LogsTrainingThroughput, DataParallelTraining, Compiles
                 f"and train that (e.g. 2d_segformer_dinov3_large)"
             )
         self.segzoo_arch: dict[str, Any] = arch["arch_kwargs"]
-        self.segzoo_config = load_config(stored_config(conf), os.environ.get(CONFIG_ENV) or None)
+        self.segzoo_config = load_config(stored_config(conf), self.segzoo_config_file())
         self._check_config_matches_plans(conf)
-        train = self.segzoo_config.train
         self.enable_deep_supervision = False
-        self.initial_lr = resolved_initial_lr(self.segzoo_config)
+        self.apply_config(self.segzoo_config)
+
+    def segzoo_config_file(self) -> str | None:
+        return os.environ.get(CONFIG_ENV) or None
+
+    def apply_config(self, config: DictConfig) -> None:
+        """Sets nnU-Net's attributes from ``config`` and shows it as the configuration's stored
+        config, so nnU-Net's log header ("the configuration used by this training") is the run's."""
+        conf = self.configuration_manager.configuration
+        self.segzoo_config = config
+        train = config.train
+        self.initial_lr = resolved_initial_lr(config)
         self.weight_decay = float(train.weight_decay)
         self.num_epochs = int(train.num_epochs)
         self.num_iterations_per_epoch = int(train.num_iterations_per_epoch)
@@ -88,6 +98,7 @@ class nnUNetTrainerSegZoo(LogsTrainingThroughput, DataParallelTraining, Compiles
         self.save_every = int(train.save_every)
         if train.batch_size is not None:
             conf["batch_size"] = int(train.batch_size)
+        conf["segzoo"] = config_to_dict(config)  # in memory only: nnU-Net saves the plans, not this copy
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """Zoo models have one output; nnU-Net's switch (also flipped around validation) is a no-op."""

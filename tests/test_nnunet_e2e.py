@@ -2,7 +2,7 @@
 
 plan_and_preprocess -> segzoo-nnunet plan -> train (validation writes summary.json) ->
 segzoo-nnunet predict == stock nnUNetv2_predict -> a run killed after its first checkpoint
-continues with --c and a longer schedule -> -pretrained_weights across class counts -> a 1-channel dataset through the
+continues as it was started with --c -> -pretrained_weights across class counts -> a 1-channel dataset through the
 compatibility entry point. Preprocessing happens once per dataset (module fixtures).
 """
 
@@ -124,26 +124,140 @@ def test_train_validate_predict_and_refuse_a_replan(nn_env):
     assert "already trained" in err and "decoder_hidden_size" in err
 
 
-def test_killed_run_continues_from_its_last_checkpoint_with_a_longer_schedule(nn_env):
-    """A run killed (SIGKILL) right after its first checkpoint_latest.pth leaves a whole checkpoint and
-    no temporary file; ``--c`` with a train-time YAML resumes there and runs the longer schedule."""
+def test_killed_run_continues_as_it_was_started(nn_env):
+    """A run started with ``--config`` (3 epochs; the plans say 2) and killed (SIGKILL) right after its first
+    checkpoint_latest.pth leaves a whole checkpoint and no temporary file; ``--c`` without ``--config`` finishes
+    it at epoch 3 with the learning rates of an uninterrupted run, and every log header, segzoo_config.yaml and
+    the checkpoint show the configuration that ran."""
+    from nnunet_bridge.training.optimisation import WarmupPolyLR
+
     trainer = "nnUNetTrainerSegZooKilledAfterFirstCheckpoint"  # tests/nnunet_trainers/kill_trainers.py
     env = dict(nn_env["train_env"], nnUNet_extTrainer=str(ROOT / "tests" / "nnunet_trainers"))
     fold = (nn_env["base"] / "results" / f"Dataset{RGB_ID}_SyntheticFundus"
             / f"{trainer}__nnUNetPlans__{CONFIG_NAME}" / "fold_1")
     _ensure_planned(nn_env)
-    train = ["train", str(RGB_ID), CONFIG_NAME, "1", "-tr", trainer, "-device", "cpu"]
-    bridge(train, env, expect_fail=True)
-    assert not (fold / "checkpoint_final.pth").exists() and not list(fold.glob("*.tmp"))
-    saved = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)  # never torn
-    assert saved["current_epoch"] == 1
+    assert _plans(nn_env, RGB_ID)["configurations"][CONFIG_NAME]["segzoo"]["train"]["num_epochs"] == 2
     longer = nn_env["base"] / "longer.yaml"
     longer.write_text(yaml.safe_dump({"train": {"num_epochs": 3}}))
-    bridge([*train, "--c", "--config", str(longer)], env)
+    train = ["train", str(RGB_ID), CONFIG_NAME, "1", "-tr", trainer, "-device", "cpu"]
+    bridge([*train, "--config", str(longer)], env, expect_fail=True)
+    assert not (fold / "checkpoint_final.pth").exists() and not list(fold.glob("*.tmp"))
+    saved = torch.load(fold / "checkpoint_latest.pth", map_location="cpu", weights_only=False)  # never torn
+    assert saved["current_epoch"] == 1 and saved["segzoo_config"]["train"]["num_epochs"] == 3
+
+    out = bridge([*train, "--c"], env)  # no --config: the checkpoint's configuration, not the plans'
+    assert "continuing with the configuration the run started with" in out and "train.num_epochs (3 -> 2)" in out
     assert _epochs_logged(_latest_log(fold)) == [1, 2]
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 3 and final["segzoo_config"]["train"]["num_epochs"] == 3
+    assert final["current_epoch"] == 3 and final["segzoo_config"] == saved["segzoo_config"]
     assert (fold / "validation" / "summary.json").is_file()
+    # the learning rate of each epoch is the closed form of the 3-epoch schedule (not cut to 2)
+    train_cfg = final["segzoo_config"]["train"]
+    schedule = WarmupPolyLR(torch.optim.SGD([torch.zeros(1)], lr=3e-4), train_cfg["warmup_epochs"], 3,
+                            train_cfg["poly_exponent"])
+    expected = [3e-4 * schedule.factor(epoch) for epoch in range(3)]  # from scratch: 3e-4
+    assert expected[2] > 0 and final["logging"]["lrs"] == pytest.approx(expected, rel=1e-6)
+    # nnU-Net's log header ("the configuration used by this training") of both processes is the run's
+    ran = yaml.safe_load((fold / "segzoo_config.yaml").read_text())
+    assert ran == final["segzoo_config"]
+    logged = [c for log in fold.glob("training_log_*.txt") for c in _logged_configurations(log.read_text())]
+    assert len(logged) == 2 and all(c["segzoo"] == ran for c in logged)
+
+
+def _logged_configurations(log: str) -> list[dict]:
+    """The configuration dicts nnU-Net prints under "This is the configuration used by this training"."""
+    import ast
+
+    headers = log.split("This is the configuration used by this training:")[1:]
+    return [ast.literal_eval(next(line.strip() for line in h.splitlines() if line.strip().startswith("{")))
+            for h in headers]
+
+
+def _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, train: dict | None = None) -> Path:
+    """checkpoint_latest.pth after epoch 0 of a run started with ``--config`` holding ``train``."""
+    from nnunet_bridge.trainer import CONFIG_ENV
+
+    if train:
+        started = tmp_path / "started.yaml"
+        started.write_text(yaml.safe_dump({"train": train}))
+        monkeypatch.setenv(CONFIG_ENV, str(started))
+    trainer = _trainer(nn_env, monkeypatch, fold=2)
+    path = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(path))
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    return path
+
+
+def _continue(nn_env, monkeypatch, tmp_path, checkpoint, train: dict | None = None, model: dict | None = None):
+    """A trainer as ``--c`` (with ``--config`` holding ``train`` / ``model``) builds it, after load_checkpoint."""
+    from nnunet_bridge.trainer import CONFIG_ENV
+
+    if train or model:
+        given = tmp_path / "given.yaml"
+        given.write_text(yaml.safe_dump({"train": train or {}, "model": model or {}}))
+        monkeypatch.setenv(CONFIG_ENV, str(given))
+    trainer = _trainer_uninitialised(nn_env, monkeypatch, fold=2, continue_training=True)
+    trainer.load_checkpoint(checkpoint)
+    return trainer
+
+
+def test_continue_adopts_the_checkpoints_configuration_and_logs_it(nn_env, monkeypatch, tmp_path, capsys):
+    """--c without --config: the run's configuration (3 epochs, batch 3, lr 2e-4) over the plans' (2 epochs)."""
+    from nnunet_bridge.config import config_to_dict
+
+    path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3, "batch_size": 3, "initial_lr": 2e-4})
+    capsys.readouterr()
+    trainer = _continue(nn_env, monkeypatch, tmp_path, str(path))
+    out = capsys.readouterr().out
+    assert "continuing with the configuration the run started with" in out and "train.num_epochs (3 -> 2)" in out
+    assert (trainer.num_epochs, trainer.batch_size, trainer.initial_lr) == (3, 3, 2e-4)
+    assert trainer.lr_scheduler.num_epochs == 3 and trainer.current_epoch == 1
+    trainer.lr_scheduler.step(2)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 * 0.5 ** 0.9)
+    # nnU-Net's log header shows what runs, as segzoo_config.yaml and the checkpoint will
+    trainer.print_plans()
+    logged = _logged_configurations(capsys.readouterr().out)
+    assert logged[0]["segzoo"] == config_to_dict(trainer.segzoo_config) == torch.load(
+        path, map_location="cpu", weights_only=False)["segzoo_config"]
+    assert logged[0]["batch_size"] == 3
+
+
+def test_continue_with_a_config_may_extend_num_epochs(nn_env, monkeypatch, tmp_path, capsys):
+    path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3})
+    capsys.readouterr()
+    trainer = _continue(nn_env, monkeypatch, tmp_path, str(path), train={"num_epochs": 5, "save_every": 2})
+    out = capsys.readouterr().out
+    assert "extends train.num_epochs from 3 to 5 (continuing at epoch 1)" in out
+    assert "changes train.save_every (1 -> 2)" in out
+    assert trainer.num_epochs == 5 and trainer.save_every == 2
+    assert trainer.lr_scheduler.num_epochs == 5  # the restored scheduler decays to the new end
+    trainer.lr_scheduler.step(3)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 0.5 ** 0.9)
+
+
+@pytest.mark.parametrize("train, model, named", [
+    ({"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}, None,
+     ["train.initial_lr (None -> 0.001)", "train.batch_size", "train.num_epochs (3 -> 2; --c may only extend it)"]),
+    (None, {"name": "upernet_dinov3_small"}, ["model.name"]),
+])
+def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp_path, train, model, named):
+    from nnunet_bridge.config import ConfigError
+
+    path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3})
+    with pytest.raises(ConfigError) as refused:
+        _continue(nn_env, monkeypatch, tmp_path, str(path), train=train, model=model)
+    for field in named:
+        assert field in str(refused.value)
+
+
+def test_continue_refuses_a_checkpoint_of_another_model(nn_env, monkeypatch, tmp_path):
+    from nnunet_bridge.config import ConfigError
+
+    checkpoint = torch.load(_checkpoint_of_a_run(nn_env, monkeypatch, tmp_path), map_location="cpu",
+                            weights_only=False)
+    checkpoint["segzoo_arch"]["input_normalization"] = "none"  # same weights' layout, another model
+    with pytest.raises(ConfigError, match=r"another model .*input_normalization \('none' -> 'backbone'\)"):
+        _continue(nn_env, monkeypatch, tmp_path, checkpoint)
 
 
 def test_pretrained_weights_from_a_run_with_other_classes(nn_env, monkeypatch, capsys):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from omegaconf import DictConfig
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -24,3 +27,11 @@ class ZooTrainerBase(nnUNetTrainer):
         """The zoo network itself, outside any DistributedDataParallel or torch.compile wrapper."""
         network = self.network.module if isinstance(self.network, DDP) else self.network
         return network._orig_mod if isinstance(network, OptimizedModule) else network
+
+    def apply_config(self, config: DictConfig) -> None:
+        """Make ``config`` the run's resolved configuration (``--c`` adopts the checkpoint's)."""
+        raise NotImplementedError
+
+    def segzoo_config_file(self) -> Optional[str]:
+        """The train-time configuration file (``--config``), or None."""
+        raise NotImplementedError

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Optional, Union
 
 import torch
+from omegaconf import DictConfig
 
-from ..config import config_to_dict
+from ..config import ConfigError, config_to_dict, load_config
 from ..files import write_atomic
 from ..plans import diff_dicts
 from .base import ZooTrainerBase
 
-__all__ = ["CheckpointLayoutError", "ZooCheckpoints", "strip_module_prefix"]
+__all__ = ["CheckpointLayoutError", "ZooCheckpoints", "resumed_config", "strip_module_prefix"]
+
+# settings --c may change: how the run is executed and saved, not what it trains
+RESUME_MAY_CHANGE = ("train.save_every", "train.compile_backend")
 
 
 class CheckpointLayoutError(RuntimeError):
@@ -49,14 +53,18 @@ class ZooCheckpoints(ZooTrainerBase):
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         """Resume epoch, weights, optimizer, scheduler and logs (``--c``); refuses a checkpoint
         whose model layout differs from this configuration's, naming the differing keys."""
-        if not self.was_initialized:
-            self.initialize()
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
             # nnU-Net checkpoints hold numpy logs and the plans, so (as nnU-Net) not weights_only
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        where = str(filename_or_checkpoint)[:300]
+        # the run continues as it was started: its configuration decides the optimiser, the
+        # schedule and the batch size, which initialize() builds, so it is adopted first
+        self._continue_with_checkpoint_config(checkpoint, where)
+        if not self.was_initialized:
+            self.initialize()
         weights = strip_module_prefix(checkpoint["network_weights"])
-        self._check_layout(weights, checkpoint, where=str(filename_or_checkpoint)[:300])
+        self._check_layout(weights, checkpoint, where=where)
         self.bare_network().load_state_dict(weights)
         self.my_init_kwargs = checkpoint["init_args"]
         self.current_epoch = checkpoint["current_epoch"]
@@ -69,11 +77,33 @@ class ZooCheckpoints(ZooTrainerBase):
             self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler_state"])
         if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
-        saved_train = (checkpoint.get("segzoo_config") or {}).get("train")
-        now_train = config_to_dict(self.segzoo_config)["train"]
-        if saved_train and saved_train != now_train:
-            self.print_to_log_file("Note: train settings differ from the checkpoint's: "
-                                   + ", ".join(diff_dicts(saved_train, now_train)))
+
+    def _continue_with_checkpoint_config(self, checkpoint: dict, where: str) -> None:
+        """Adopt the checkpoint's resolved configuration (plus what ``--config`` may change, see
+        :func:`resumed_config`); refuse a checkpoint of another model than the plans build."""
+        saved = checkpoint.get("segzoo_config")
+        if saved is None:  # not written by the bridge: nothing to adopt
+            return
+        saved_arch = checkpoint.get("segzoo_arch")
+        if saved_arch is not None and saved_arch != self.segzoo_arch:
+            raise ConfigError(
+                f"checkpoint {where} was trained with another model than configuration "
+                f"{self.configuration_name!r} plans now: " + ", ".join(diff_dicts(saved_arch, self.segzoo_arch))
+                + ". Restore the plans the run started with (its results folder's plans.json holds them), "
+                "or train the new model under a new configuration name (`segzoo-nnunet plan DATASET --name ...`)"
+            )
+        config_file = self.segzoo_config_file()
+        config, notes = resumed_config(saved, config_file, where, epoch=int(checkpoint.get("current_epoch", 0)))
+        planned = config_to_dict(self.segzoo_config)
+        if config_file is None and planned != config_to_dict(config):
+            notes.append("Note: continuing with the configuration the run started with (from the checkpoint); "
+                         "the plans now say: " + ", ".join(diff_dicts(config_to_dict(config), planned)))
+        if self.was_initialized and planned != config_to_dict(config):
+            raise ConfigError(f"load_checkpoint({where}) after initialize(): the optimiser and schedule were "
+                              "already built from another configuration. Load the checkpoint before initialize()")
+        self.apply_config(config)
+        for note in notes:
+            self.print_to_log_file(note)
 
     def _check_layout(self, weights: dict[str, torch.Tensor], checkpoint: dict, where: str,
                       allowed: set[str] = frozenset()) -> None:
@@ -94,6 +124,52 @@ class ZooCheckpoints(ZooTrainerBase):
             lines.append("  model settings that differ: "
                          + (", ".join(diff_dicts(checkpoint["segzoo_arch"], self.segzoo_arch)) or "none"))
         raise CheckpointLayoutError("\n".join(lines))
+
+
+def resumed_config(saved: dict[str, Any], config_file: Optional[str], where: str = "the checkpoint",
+                   epoch: int = 0) -> tuple[DictConfig, list[str]]:
+    """The configuration ``--c`` continues with, and the notes to log.
+
+    The checkpoint's resolved configuration, whatever the plans or the package defaults say
+    now. A configuration file given with ``--c`` is applied on top of it and may raise
+    ``train.num_epochs`` (a note) and change ``RESUME_MAY_CHANGE``; any other change would make
+    the continued run differ from the one that was started and raises :class:`ConfigError`
+    naming the fields.
+    """
+    started = load_config(saved)
+    if not config_file:
+        return started, []
+    requested = load_config(saved, config_file)
+    old, new = _flatten(config_to_dict(started)), _flatten(config_to_dict(requested))
+    changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    notes, refused = [], []
+    for key in changed:
+        change = f"{key} ({old.get(key)!r} -> {new.get(key)!r})"
+        if key == "train.num_epochs" and new[key] > old[key]:
+            notes.append(f"Note: {config_file} extends train.num_epochs from {old[key]} to {new[key]} "
+                         f"(continuing at epoch {epoch}); the learning rate now decays towards epoch {new[key]}")
+        elif key in RESUME_MAY_CHANGE:
+            notes.append(f"Note: {config_file} changes {change} for the rest of the run")
+        else:
+            refused.append(change[:-1] + "; --c may only extend it)" if key == "train.num_epochs" else change)
+    if refused:
+        raise ConfigError(
+            f"--c continues the run in {where} as it was started, but {config_file} changes "
+            + ", ".join(refused) + ". With --c a configuration file may only raise train.num_epochs (and change "
+            + " / ".join(RESUME_MAY_CHANGE) + "): drop the other keys from it, or start a new run "
+            "(without --c, which starts this fold afresh, or under a new configuration name)"
+        )
+    return requested, notes
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def strip_module_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

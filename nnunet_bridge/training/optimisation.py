@@ -80,6 +80,13 @@ class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the position (``--c``); the schedule's shape stays the configuration's, so a
+        ``num_epochs`` extended at ``--c`` decays to the new end instead of the saved one."""
+        shape = self.warmup_epochs, self.num_epochs, self.exponent
+        super().load_state_dict(state_dict)
+        self.warmup_epochs, self.num_epochs, self.exponent = shape
+
     def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
         """``step(current_epoch)`` as nnU-Net calls it; ``step()`` advances by one."""
         self.last_epoch = self.last_epoch + 1 if epoch is None else int(epoch)
