@@ -8,6 +8,8 @@ pieces that each override one concern (``nnunet_bridge/training/``):
   each process's own GPU, or on the CPU with gloo, wrapped after the compile;
 - :class:`~nnunet_bridge.training.compilation.CompilesRegionally`: regional ``torch.compile``
   on CUDA by default, eager again if the first step fails to compile;
+- :class:`~nnunet_bridge.training.divergence.StopsWhenLossDiverges`: stops after a few steps
+  with a non-finite loss, without overwriting the last good checkpoint;
 - :class:`~nnunet_bridge.training.optimisation.AdamWWarmupPoly`: AdamW with LoRA-aware
   groups, linear warm-up then poly decay (nnU-Net's Primus recipe), gradient clipping;
 - :class:`~nnunet_bridge.training.losses.SetPredictionLoss`: ``DC_and_CE_loss`` for per-pixel
@@ -40,6 +42,7 @@ from .files import write_atomic
 from .training.checkpoints import CheckpointLayoutError
 from .training.compilation import COMPILE_ENV, CompilesRegionally
 from .training.data_parallel import DataParallelTraining
+from .training.divergence import StopsWhenLossDiverges
 from .training.initial_weights import PRETRAINED_WEIGHTS_ENV, ZooInitialWeights
 from .training.losses import SetPredictionLoss
 from .training.mask_annealing import AnnealsMaskedAttention
@@ -59,8 +62,8 @@ CONFIG_ENV = "SEGZOO_NNUNET_CONFIG"  # a YAML whose train section overrides the 
 CONFIG_FILENAME = "segzoo_config.yaml"
 
 
-class nnUNetTrainerSegZoo(LogsTrainingThroughput, DataParallelTraining, CompilesRegionally, AdamWWarmupPoly,
-                          SetPredictionLoss, AnnealsMaskedAttention, ZooInitialWeights):
+class nnUNetTrainerSegZoo(LogsTrainingThroughput, DataParallelTraining, StopsWhenLossDiverges, CompilesRegionally,
+                          AdamWWarmupPoly, SetPredictionLoss, AnnealsMaskedAttention, ZooInitialWeights):
     """Trains the zoo model that the configuration's plans name (see ``nnunet_bridge.plans``)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

@@ -688,3 +688,63 @@ def test_eomt_trains_with_its_own_loss_and_anneals_its_masks_by_epoch(nn_env, mo
     trainer.network.eval()
     with torch.no_grad():
         assert trainer.network(_batch()["data"]).shape == (2, 3, 64, 64)  # per pixel, for nnU-Net's validation
+
+
+def test_a_training_loss_that_stays_nan_stops_the_run_and_keeps_the_last_good_checkpoint(nn_env, monkeypatch):
+    """One NaN pixel makes the loss NaN (and, through the gradients, the weights): after three such
+    steps training stops with where and why, and checkpoint_latest.pth stays the one from before."""
+    from nnunet_bridge.training.divergence import TrainingDivergedError
+
+    trainer = _trainer(nn_env, monkeypatch, fold=1)
+    latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
+    trainer.current_epoch = 0
+    trainer.on_train_epoch_start()
+    assert np.isfinite(trainer.train_step(_batch())["loss"])
+    trainer.save_checkpoint(str(latest))
+    good = latest.read_bytes()
+    poisoned = _batch()
+    poisoned["data"][0, 1, 10, 20] = float("nan")
+    trainer.train_step(poisoned)  # the NaN pixel
+    trainer.save_checkpoint(str(latest))  # an epoch ending here must not overwrite the good state
+    trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_best.pth"))
+    trainer.current_epoch = 1
+    trainer.on_train_epoch_start()
+    assert not np.isfinite(trainer.train_step(_batch())["loss"])  # NaN weights now: clean data stays NaN
+    with pytest.raises(TrainingDivergedError, match=(
+            r"not finite for 3 consecutive steps \(nan, nan, nan\), from epoch 0 iteration 1 to epoch 1 iteration 1\. "
+            r"Likely causes: a learning rate too high \(train\.lr\), input images with NaN or Inf values\. "
+            r".*checkpoint_latest\.pth is kept from before the divergence \(after epoch 0\); continue from it with --c")):
+        trainer.train_step(_batch())
+    assert latest.read_bytes() == good and not (Path(trainer.output_folder) / "checkpoint_best.pth").exists()
+    saved = torch.load(latest, map_location="cpu", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in saved["network_weights"].values() if v.is_floating_point())
+    assert "training diverged" in _latest_log(Path(trainer.output_folder))
+
+
+def test_predict_names_input_cases_with_nan_or_inf(nn_env, tmp_path):
+    """Read with the dataset's own nnU-Net reader (SimpleITK and .mha here: PNG cannot hold NaN)."""
+    import SimpleITK as sitk
+
+    from nnunet_bridge.input_check import NonFiniteInputError, check_inputs_finite
+
+    model = tmp_path / "model"
+    model.mkdir()
+    plans = _plans(nn_env, RGB_ID)
+    (model / "plans.json").write_text(json.dumps(dict(plans, image_reader_writer="SimpleITKIO")))
+    (model / "dataset.json").write_text(json.dumps(dict(_dataset_json(nn_env, RGB_ID), file_ending=".mha")))
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for case in ("clean", "has_nan", "has_inf"):
+        for channel in range(2):
+            array = np.ones((1, 8, 8), dtype=np.float32)
+            if channel == 1 and case != "clean":
+                array[0, 2, 3] = np.nan if case == "has_nan" else np.inf
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(images / f"{case}_{channel:04d}.mha"))
+    with pytest.raises(NonFiniteInputError, match=(
+            r"^2 input case\(s\) in .*imagesTs contain NaN or Inf values.*: has_inf \(1 Inf in has_inf_0001\.mha\), "
+            r"has_nan \(1 NaN in has_nan_0001\.mha\)\. Replace those values")):
+        check_inputs_finite(str(images), str(model))
+    for case in ("has_nan", "has_inf"):
+        for channel in range(2):
+            (images / f"{case}_{channel:04d}.mha").unlink()
+    check_inputs_finite(str(images), str(model))  # clean inputs pass
