@@ -245,6 +245,21 @@ def test_plan_refuses_model_kwargs_the_model_does_not_take_and_writes_nothing(tm
     assert path.read_bytes() == before
 
 
+def test_plan_command_refuses_a_keyword_typo_in_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from nnunet_bridge.cli import main
+
+    path = _minimal_plans(tmp_path, monkeypatch)
+    before = path.read_bytes()
+    config = tmp_path / "typo.yaml"
+    config.write_text(json.dumps({"model": {**TINY_MODEL, "kwargs": {"backbone_kwarg": {"depth": 2}}},
+                                  "lora": {"enabled": False}}))  # JSON is YAML
+    assert main(["plan", "123", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "unknown keyword argument 'backbone_kwarg' (did you mean 'backbone_kwargs'?)" in err
+    assert path.read_bytes() == before
+
+
 # -- CLI -------------------------------------------------------------------------------
 
 
