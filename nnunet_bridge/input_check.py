@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from .preflight import PreflightError
+
 __all__ = ["NonFiniteInputError", "check_inputs_finite", "nonfinite_cases"]
 
 
-class NonFiniteInputError(ValueError):
+class NonFiniteInputError(PreflightError):
     """Input cases hold NaN or Inf values; the message names them and the fix."""
 
 

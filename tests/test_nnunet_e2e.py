@@ -712,8 +712,9 @@ def test_a_training_loss_that_stays_nan_stops_the_run_and_keeps_the_last_good_ch
     assert not np.isfinite(trainer.train_step(_batch())["loss"])  # NaN weights now: clean data stays NaN
     with pytest.raises(TrainingDivergedError, match=(
             r"not finite for 3 consecutive steps \(nan, nan, nan\), from epoch 0 iteration 1 to epoch 1 iteration 1\. "
-            r"Likely causes: a learning rate too high \(train\.lr\), input images with NaN or Inf values\. "
-            r".*checkpoint_latest\.pth is kept from before the divergence \(after epoch 0\); continue from it with --c")):
+            r"Likely causes: a learning rate too high \(train\.initial_lr\), input images with NaN or Inf values\. "
+            r".*checkpoint_latest\.pth is kept from before the divergence \(after epoch 0\)\. To go on with a lower "
+            r"learning rate, .* -pretrained_weights COPY and a --config YAML with a lower train\.initial_lr")):
         trainer.train_step(_batch())
     assert latest.read_bytes() == good and not (Path(trainer.output_folder) / "checkpoint_best.pth").exists()
     saved = torch.load(latest, map_location="cpu", weights_only=False)

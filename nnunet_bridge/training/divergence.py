@@ -88,10 +88,12 @@ def divergence_message(steps: list[tuple[int, int, float]], output_folder: str, 
     if os.path.isfile(latest):
         kept = (f"{latest} is kept from before the divergence"
                 + (f" (after epoch {latest_epoch - 1})" if latest_epoch is not None else "")
-                + "; continue from it with --c and a lower learning rate (train.lr in a --config YAML)")
+                + ". To go on with a lower learning rate, copy it elsewhere and train the fold afresh from its "
+                  "weights: -pretrained_weights COPY and a --config YAML with a lower train.initial_lr "
+                  "(--c keeps the run's learning rate)")
     else:
-        kept = "no checkpoint_latest.pth was written before it; start again with a lower learning rate"
-    causes = ["a learning rate too high (train.lr)", "input images with NaN or Inf values"]
+        kept = "no checkpoint_latest.pth was written before it; train again with a lower train.initial_lr"
+    causes = ["a learning rate too high (train.initial_lr)", "input images with NaN or Inf values"]
     if mixed_precision:
         causes.append("an fp16 overflow under mixed precision")
     return (f"training diverged: the training loss was not finite for {len(steps)} consecutive steps ({losses}), "
