@@ -188,13 +188,13 @@ def _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, train: dict | None = Non
     return path
 
 
-def _continue(nn_env, monkeypatch, tmp_path, checkpoint, train: dict | None = None, model: dict | None = None):
-    """A trainer as ``--c`` (with ``--config`` holding ``train`` / ``model``) builds it, after load_checkpoint."""
+def _continue(nn_env, monkeypatch, tmp_path, checkpoint, **sections: dict):
+    """A trainer as ``--c`` (with ``--config`` holding ``sections``) builds it, after load_checkpoint."""
     from nnunet_bridge.trainer import CONFIG_ENV
 
-    if train or model:
+    if sections:
         given = tmp_path / "given.yaml"
-        given.write_text(yaml.safe_dump({"train": train or {}, "model": model or {}}))
+        given.write_text(yaml.safe_dump(sections))
         monkeypatch.setenv(CONFIG_ENV, str(given))
     trainer = _trainer_uninitialised(nn_env, monkeypatch, fold=2, continue_training=True)
     trainer.load_checkpoint(checkpoint)
@@ -245,7 +245,7 @@ def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp
 
     path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3})
     with pytest.raises(ConfigError) as refused:
-        _continue(nn_env, monkeypatch, tmp_path, str(path), train=train, model=model)
+        _continue(nn_env, monkeypatch, tmp_path, str(path), **sections)
     for field in named:
         assert field in str(refused.value)
 
