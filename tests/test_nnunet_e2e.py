@@ -235,12 +235,13 @@ def test_continue_with_a_config_may_extend_num_epochs(nn_env, monkeypatch, tmp_p
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 0.5 ** 0.9)
 
 
-@pytest.mark.parametrize("train, model, named", [
-    ({"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}, None,
+@pytest.mark.parametrize("sections, named", [
+    ({"train": {"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}},
      ["train.initial_lr (None -> 0.001)", "train.batch_size", "train.num_epochs (3 -> 2; --c may only extend it)"]),
-    (None, {"name": "upernet_dinov3_small"}, ["model.name"]),
+    ({"model": {"name": "upernet_dinov3_small"}}, ["model.name"]),
+    ({"lora": {"enabled": True}}, ["lora.enabled"]),
 ])
-def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp_path, train, model, named):
+def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp_path, sections, named):
     from nnunet_bridge.config import ConfigError
 
     path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3})
