@@ -28,6 +28,9 @@ from .compare import DEFAULT_TRAINERS
 __all__ = ["main", "resolve_training_configuration"]
 
 DEFAULT_TRAINER = "nnUNetTrainerSegZoo"
+TRUST_HELP = ("load checkpoints as nnU-Net does (torch.load weights_only=False), for a file whose origin you trust; "
+              "by default a checkpoint that needs more than weights, numbers and the plans is refused, since "
+              "unpickling it could run code")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,14 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _one_line(err: Exception) -> str:
     """The message of an error the bridge expects (it names the fix), else its type and first line
     with the way to see the rest."""
-    from segzoo import UnknownModelError
+    from segzoo import CheckpointError, UnknownModelError
 
     from .compare import CompareError
     from .config import ConfigError
     from .preflight import PreflightError
     from .trainer_lookup import UnknownTrainerError
 
-    expected = (PreflightError, ConfigError, CompareError, UnknownModelError, UnknownTrainerError, FileNotFoundError)
+    expected = (PreflightError, ConfigError, CompareError, UnknownModelError, UnknownTrainerError, FileNotFoundError,
+                CheckpointError)
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, expected):
         return text
@@ -132,12 +136,17 @@ def _cmd_plan(args: argparse.Namespace, _rest: list[str]) -> int:
 def _cmd_train(args: argparse.Namespace, _rest: list[str]) -> int:
     import torch
 
+    from .checkpoint_files import TRUST_ENV, check_checkpoint_file
     from .trainer import CONFIG_ENV, PRETRAINED_WEIGHTS_ENV
 
     if args.c and args.pretrained_weights:
         raise SystemExit("--c continues a run; -pretrained_weights starts a new one. Use one of them.")
     if args.pretrained_weights and not os.path.isfile(args.pretrained_weights):
         raise SystemExit(f"-pretrained_weights: no such file {args.pretrained_weights!r}")
+    if args.pretrained_weights:  # refused before anything is planned or a process starts
+        check_checkpoint_file(args.pretrained_weights, trusted=args.trust_checkpoint)
+    if args.trust_checkpoint:  # the trainer reads --c and -pretrained_weights files, in every process
+        os.environ[TRUST_ENV] = "1"
     _check_fold_and_trainer(args.fold, args.tr)  # before anything is planned or a process starts
     configuration = resolve_training_configuration(args.dataset, args.configuration, args.config, args.p)
     if args.config:
@@ -166,7 +175,7 @@ def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
 
     from .trainer_lookup import bridge_trainers_resolved
 
-    _check_prediction(rest, args.tr)
+    _check_prediction(rest, args.tr, trust_checkpoint=args.trust_checkpoint)
     forwarded = [*rest, "-tr", args.tr, "-device", _device(args.device).type]
     old_argv = sys.argv
     sys.argv = ["nnUNetv2_predict", *forwarded]
@@ -188,7 +197,8 @@ def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
     require_trained_folds(args.dataset, args.configuration, [args.fold], args.tr, args.p, args.chk)
     fold = args.fold if args.fold == "all" else int(args.fold)
     onnx_file, facts = export_fold(args.dataset, args.configuration, fold, args.output, trainer=args.tr,
-                                   plans_identifier=args.p, checkpoint=args.chk)
+                                   plans_identifier=args.p, checkpoint=args.chk,
+                                   trust_checkpoint=args.trust_checkpoint)
     print(f"wrote {onnx_file} (checked against the PyTorch network with ONNX Runtime) and {facts}")
     return 0
 
@@ -199,7 +209,7 @@ def _cmd_compare(args: argparse.Namespace, _rest: list[str]) -> int:
 
     try:
         comparison = gather(args.dataset, args.configurations, trainers=args.trainer, plans_identifier=args.p,
-                            folds=args.folds, reference=args.reference)
+                            folds=args.folds, reference=args.reference, trust_checkpoint=args.trust_checkpoint)
         print(format_text(comparison))
         if args.output:
             paths = write_report(comparison, args.output, figure=not args.no_figure, case=args.case)
@@ -218,10 +228,14 @@ def _check_fold_and_trainer(fold: str, trainer: str) -> None:
     find_trainer_class(trainer)  # the bridge's directly; others through nnU-Net's search, as it will
 
 
-def _check_prediction(rest: list[str], trainer: str) -> None:
+def _check_prediction(rest: list[str], trainer: str, trust_checkpoint: bool = False) -> None:
     """Dataset, configuration, folds and checkpoints of an ``nnUNetv2_predict`` command line,
-    checked before nnU-Net starts (which would otherwise fail with a traceback)."""
-    from .preflight import require_planned, require_trained_folds
+    checked before nnU-Net starts (which would otherwise fail with a traceback, and loads the
+    checkpoints with ``weights_only=False``: one that would run code is refused here)."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    from .checkpoint_files import check_checkpoint_file
+    from .preflight import parse_fold, require_planned, require_trained_folds
     from .trainer_lookup import find_trainer_class
 
     # exact option names only: argparse would read nnU-Net's -disable_tta as -d isable_tta
@@ -243,6 +257,9 @@ def _check_prediction(rest: list[str], trainer: str) -> None:
     find_trainer_class(trainer)
     require_planned(dataset, configuration, plans)
     require_trained_folds(dataset, configuration, folds, trainer, plans, checkpoint)
+    for fold in folds:
+        check_checkpoint_file(os.path.join(get_output_folder(dataset, trainer, plans, configuration, parse_fold(fold)),
+                                           checkpoint), trusted=trust_checkpoint)
     if values.get("-i"):  # nnU-Net predicts NaN / Inf inputs without a word
         from nnunetv2.utilities.file_path_utilities import get_output_folder
 
@@ -308,6 +325,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val_best", action="store_true", help="validate with checkpoint_best.pth")
     t.add_argument("--npz", action="store_true", help="also save validation softmax outputs")
     t.add_argument("--disable_checkpointing", action="store_true", help="write no checkpoints")
+    t.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     t.set_defaults(handler=_cmd_train)
 
     r = sub.add_parser("predict", allow_abbrev=False, help="nnUNetv2_predict with the bridge trainer (all its options are accepted)",
@@ -317,6 +335,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer the model was trained with (default {DEFAULT_TRAINER})")
     r.add_argument("-device", default="auto", choices=["auto", "cuda", "cpu", "mps"],
                    help="device (default: cuda if available, else cpu)")
+    r.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     r.set_defaults(handler=_cmd_predict)
 
     x = sub.add_parser("export", allow_abbrev=False, help="a trained fold as ONNX (network + its input normalisation) "
@@ -330,6 +349,7 @@ def _build_parser() -> argparse.ArgumentParser:
     x.add_argument("-tr", default=DEFAULT_TRAINER, help=f"trainer the fold was trained with (default {DEFAULT_TRAINER})")
     x.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     x.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file (default checkpoint_final.pth)")
+    x.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     x.set_defaults(handler=_cmd_export)
 
     c = sub.add_parser("compare", allow_abbrev=False,
@@ -352,6 +372,7 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", help="report folder: comparison.md / .csv / .png, paired_differences.csv")
     c.add_argument("--case", help="validation case to show in the picture (default: the first one all runs predicted)")
     c.add_argument("--no-figure", action="store_true", help="write the tables only")
+    c.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     c.set_defaults(handler=_cmd_compare)
 
     e = sub.add_parser("env", help="print the nnUNet_extTrainer export line for stock nnUNetv2_* commands")
@@ -377,6 +398,8 @@ def _split_predict_args(argv: list[str]) -> tuple[list[str], list[str]]:
     for item in items:
         if item in ("-tr", "-device"):
             ours += [item, next(items, "")]
+        elif item == "--trust-checkpoint":
+            ours.append(item)
         else:
             rest.append(item)
     return ours, rest

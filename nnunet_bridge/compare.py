@@ -128,6 +128,7 @@ def gather(
     folds: Sequence[int] = (0, 1, 2, 3, 4),
     reference: str | None = None,
     results_folder: str | Path | None = None,
+    trust_checkpoint: bool = False,
 ) -> Comparison:
     """Read the runs of ``dataset`` under ``$nnUNet_results``.
 
@@ -135,6 +136,8 @@ def gather(
     ``3d_fullres``; the run of the first of ``trainers`` that has one is taken) or full
     folder names ``Trainer__Plans__configuration``; none means every run of the dataset.
     ``reference`` (same spelling) defaults to nnU-Net's 2d U-Net when it is among the runs.
+    Checkpoints (read for the parameter count) that would run code are refused unless
+    ``trust_checkpoint`` (see :mod:`nnunet_bridge.checkpoint_files`).
     """
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -155,7 +158,7 @@ def gather(
     names = [_run_name(c, available, trainers, plans_identifier, dataset) for c in configurations] or available
     if len(set(names)) != len(names):
         raise CompareError(f"a run is named twice: {names}")
-    runs = [_read_run(dataset_folder / name, list(folds), dataset_name) for name in names]
+    runs = [_read_run(dataset_folder / name, list(folds), dataset_name, trust_checkpoint) for name in names]
     ref = _reference(reference, runs, available, trainers, plans_identifier)
     if ref is not None:  # the reference leads every table
         runs = [ref] + [r for r in runs if r is not ref]
@@ -253,13 +256,13 @@ def _reference(reference: str | None, runs: list[RunResult], available: list[str
     return found
 
 
-def _read_run(folder: Path, folds: list[int], dataset_name: str) -> RunResult:
+def _read_run(folder: Path, folds: list[int], dataset_name: str, trust_checkpoint: bool = False) -> RunResult:
     trainer, plans, configuration = folder.name.split("__")
     names = _label_names(folder)
     results = [_read_fold(folder, k, names, _validate_command(dataset_name, trainer, plans, configuration, k))
                for k in folds]
     run = RunResult(trainer, plans, configuration, folder, results)
-    run.parameters = _parameters(folder, folds)
+    run.parameters = _parameters(folder, folds, trust_checkpoint)
     return run
 
 
@@ -321,15 +324,15 @@ def _planned_epochs(fold_dir: Path) -> int | None:
         return None
 
 
-def _parameters(folder: Path, folds: list[int]) -> int | None:
+def _parameters(folder: Path, folds: list[int], trust_checkpoint: bool = False) -> int | None:
     """Parameter count of the network in the first checkpoint found (weights, not buffers)."""
-    import torch
+    from .checkpoint_files import load_checkpoint_file
 
     for fold in folds:
         for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):
             path = folder / f"fold_{fold}" / name
             if path.is_file():
-                weights = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["network_weights"]
+                weights = load_checkpoint_file(path, trusted=trust_checkpoint, mmap=True)["network_weights"]
                 # a tensor under two names is one parameter: nnU-Net's U-Net decoder keeps a reference to its
                 # encoder, so every encoder weight is in the state dict twice (saving keeps the sharing)
                 unique = {(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel()

@@ -16,10 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from segzoo.export import export_module_onnx
 
+from .checkpoint_files import load_checkpoint_file
 from .training.checkpoints import strip_module_prefix
 
 __all__ = ["export_fold"]
@@ -27,8 +26,9 @@ __all__ = ["export_fold"]
 
 def export_fold(dataset: str | int, configuration: str, fold: int | str, output: str | Path,
                 trainer: str = "nnUNetTrainerSegZoo", plans_identifier: str = "nnUNetPlans",
-                checkpoint: str = "checkpoint_final.pth") -> tuple[Path, Path]:
-    """Write ``output`` (ONNX) and ``output`` with ``.json`` (deployment facts); return both paths."""
+                checkpoint: str = "checkpoint_final.pth", trust_checkpoint: bool = False) -> tuple[Path, Path]:
+    """Write ``output`` (ONNX) and ``output`` with ``.json`` (deployment facts); return both paths.
+    A checkpoint that would run code when loaded is refused unless ``trust_checkpoint``."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -45,6 +45,8 @@ def export_fold(dataset: str | int, configuration: str, fold: int | str, output:
     if not checkpoint_file.is_file():
         raise FileNotFoundError(f"no {checkpoint} in {folder}: train the fold first "
                                 f"(segzoo-nnunet train {dataset} {configuration} {fold})")
+    # read first, so a file that would run code is refused before any work; runs no code unless trusted
+    saved = load_checkpoint_file(checkpoint_file, trusted=trust_checkpoint)
     dataset_json = json.loads((folder.parent / "dataset.json").read_text())
     plans_manager = PlansManager(json.loads((folder.parent / "plans.json").read_text()))
     config = plans_manager.get_configuration(configuration)
@@ -53,7 +55,6 @@ def export_fold(dataset: str | int, configuration: str, fold: int | str, output:
     network = get_network_from_plans(config.network_arch_class_name, config.network_arch_init_kwargs,
                                      config.network_arch_init_kwargs_req_import, channels,
                                      labels.num_segmentation_heads, allow_init=True, deep_supervision=False)
-    saved = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
     network.load_state_dict(strip_module_prefix(saved["network_weights"]))
     output = Path(output)
     export_module_onnx(network, output, (channels, *config.patch_size))

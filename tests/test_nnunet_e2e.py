@@ -188,13 +188,13 @@ def _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, train: dict | None = Non
     return path
 
 
-def _continue(nn_env, monkeypatch, tmp_path, checkpoint, **sections: dict):
-    """A trainer as ``--c`` (with ``--config`` holding ``sections``) builds it, after load_checkpoint."""
+def _continue(nn_env, monkeypatch, tmp_path, checkpoint, train: dict | None = None, model: dict | None = None):
+    """A trainer as ``--c`` (with ``--config`` holding ``train`` / ``model``) builds it, after load_checkpoint."""
     from nnunet_bridge.trainer import CONFIG_ENV
 
-    if sections:
+    if train or model:
         given = tmp_path / "given.yaml"
-        given.write_text(yaml.safe_dump(sections))
+        given.write_text(yaml.safe_dump({"train": train or {}, "model": model or {}}))
         monkeypatch.setenv(CONFIG_ENV, str(given))
     trainer = _trainer_uninitialised(nn_env, monkeypatch, fold=2, continue_training=True)
     trainer.load_checkpoint(checkpoint)
@@ -235,18 +235,17 @@ def test_continue_with_a_config_may_extend_num_epochs(nn_env, monkeypatch, tmp_p
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 0.5 ** 0.9)
 
 
-@pytest.mark.parametrize("sections, named", [
-    ({"train": {"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}},
+@pytest.mark.parametrize("train, model, named", [
+    ({"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}, None,
      ["train.initial_lr (None -> 0.001)", "train.batch_size", "train.num_epochs (3 -> 2; --c may only extend it)"]),
-    ({"model": {"name": "upernet_dinov3_small"}}, ["model.name"]),
-    ({"lora": {"enabled": True}}, ["lora.enabled"]),
+    (None, {"name": "upernet_dinov3_small"}, ["model.name"]),
 ])
-def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp_path, sections, named):
+def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp_path, train, model, named):
     from nnunet_bridge.config import ConfigError
 
     path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3})
     with pytest.raises(ConfigError) as refused:
-        _continue(nn_env, monkeypatch, tmp_path, str(path), **sections)
+        _continue(nn_env, monkeypatch, tmp_path, str(path), train=train, model=model)
     for field in named:
         assert field in str(refused.value)
 
@@ -750,3 +749,59 @@ def test_predict_names_input_cases_with_nan_or_inf(nn_env, tmp_path):
         for channel in range(2):
             (images / f"{case}_{channel:04d}.mha").unlink()
     check_inputs_finite(str(images), str(model))  # clean inputs pass
+
+
+def test_resume_and_pretrained_weights_refuse_a_checkpoint_that_runs_code(nn_env, monkeypatch, tmp_path):
+    """``--c`` (nnU-Net's run_training calls load_checkpoint) and ``-pretrained_weights`` (read in
+    initialize) with a real bridge checkpoint whose pickle would touch a marker file (see
+    test_checkpoint_safety.py for the commands)."""
+    from segzoo import UnsafeCheckpointError
+
+    from nnunet_bridge.checkpoint_files import TRUST_ENV
+    from nnunet_bridge.trainer import PRETRAINED_WEIGHTS_ENV
+    from tests.test_checkpoint_safety import _hostile
+
+    refused = r"needs builtins\.getattr, pathlib\.Path, pathlib\.PosixPath, .*--trust-checkpoint"
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    marker = tmp_path / "code_ran"
+    source = tmp_path / "own.pth"
+    _trainer(nn_env, monkeypatch).save_checkpoint(str(source))
+    hostile = _hostile(tmp_path / "hostile.pth", marker, torch.load(source, weights_only=True))
+    resumed = _trainer_uninitialised(nn_env, monkeypatch, fold=2, continue_training=True)
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        resumed.load_checkpoint(str(hostile))
+    monkeypatch.setenv(PRETRAINED_WEIGHTS_ENV, str(hostile))
+    started = _trainer_uninitialised(nn_env, monkeypatch, fold=2)
+    with pytest.raises(UnsafeCheckpointError, match=refused):
+        started.initialize()
+    assert not marker.exists()
+
+
+def test_bridge_checkpoints_load_weights_only_and_stock_ones_still_load(nn_env, monkeypatch, tmp_path):
+    """Logs hold numpy scalars during training (nnU-Net's np.mean); the bridge writes Python floats.
+    A stock nnU-Net checkpoint keeps numpy scalars: the allow-list still reads it for --c."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    trainer = _trainer(nn_env, monkeypatch)
+    for key, value in (("train_losses", np.float64(0.5)), ("val_losses", np.float32(0.4)),
+                       ("mean_fg_dice", np.float64(0.3)), ("ema_fg_dice", np.float64(0.3)),
+                       ("dice_per_class_or_region", [np.float64(0.2), np.float64(0.4)]), ("lrs", 1e-3),
+                       ("epoch_start_timestamps", 1.0), ("epoch_end_timestamps", 2.0)):
+        trainer.logger.log(key, value, 0)
+    trainer._best_ema = np.float64(0.3)
+    own = tmp_path / "own.pth"
+    trainer.save_checkpoint(str(own))
+    saved = torch.load(own, map_location="cpu", weights_only=True)  # plain: no allow-list needed
+    assert saved["logging"]["dice_per_class_or_region"] == [[0.2, 0.4]] and type(saved["_best_ema"]) is float
+
+    stock = dict(saved, _best_ema=np.float64(0.3), logging=trainer.logger.get_checkpoint())  # as nnU-Net saves
+    torch.save(stock, tmp_path / "stock.pth")
+    resumed = _trainer_uninitialised(nn_env, monkeypatch, fold=2, continue_training=True)
+    resumed.load_checkpoint(str(tmp_path / "stock.pth"))
+    assert resumed.current_epoch == saved["current_epoch"] and resumed._best_ema == 0.3
+
+    # nnU-Net's own load_checkpoint reads the bridge's file (plain floats in its logs)
+    stock_reader = _trainer_uninitialised(nn_env, monkeypatch, fold=2, continue_training=True)
+    stock_reader.initialize()
+    nnUNetTrainer.load_checkpoint(stock_reader, str(own))
+    assert stock_reader.logger.get_checkpoint()["mean_fg_dice"] == [0.3]

@@ -7,6 +7,7 @@ from typing import Any, Optional, Union
 import torch
 from omegaconf import DictConfig
 
+from ..checkpoint_files import load_checkpoint_file, plain_numbers, trusted_by_environment
 from ..config import ConfigError, config_to_dict, load_config
 from ..files import write_atomic
 from ..plans import diff_dicts
@@ -39,8 +40,9 @@ class ZooCheckpoints(ZooTrainerBase):
             "optimizer_state": self.optimizer.state_dict(),
             "lr_scheduler_state": self.lr_scheduler.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
+            # numpy scalars as Python numbers: the file loads with plain torch.load(weights_only=True)
+            "logging": plain_numbers(self.logger.get_checkpoint()),
+            "_best_ema": plain_numbers(self._best_ema),
             "current_epoch": self.current_epoch + 1,
             "init_args": self.my_init_kwargs,
             "trainer_name": self.__class__.__name__,
@@ -55,8 +57,8 @@ class ZooCheckpoints(ZooTrainerBase):
         whose model layout differs from this configuration's, naming the differing keys."""
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
-            # nnU-Net checkpoints hold numpy logs and the plans, so (as nnU-Net) not weights_only
-            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+            # weights_only with nnU-Net's numpy scalars allowed: a resumed file runs no code unless trusted
+            checkpoint = load_checkpoint_file(checkpoint, self.device, trusted=trusted_by_environment())
         where = str(filename_or_checkpoint)[:300]
         # the run continues as it was started: its configuration decides the optimiser, the
         # schedule and the batch size, which initialize() builds, so it is adopted first

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Union
 
-import torch
-
 import segzoo
 
+from ..checkpoint_files import load_checkpoint_file, trusted_by_environment
 from .checkpoints import ZooCheckpoints, strip_module_prefix
 
 __all__ = ["PRETRAINED_WEIGHTS_ENV", "ZooInitialWeights"]
@@ -64,7 +63,7 @@ class ZooInitialWeights(ZooCheckpoints):
     def _load_run_weights(self, path: str) -> None:
         """``-pretrained_weights``: all weights of another run of the same zoo model; head layers
         whose shape differs (another number of classes) are re-initialised, and said so."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint_file(path, trusted=trusted_by_environment())  # runs no code unless trusted
         weights = strip_module_prefix(checkpoint["network_weights"])
         own = self.bare_network().state_dict()
         head = "model.decode_head."
