@@ -188,13 +188,13 @@ def _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, train: dict | None = Non
     return path
 
 
-def _continue(nn_env, monkeypatch, tmp_path, checkpoint, train: dict | None = None, model: dict | None = None):
-    """A trainer as ``--c`` (with ``--config`` holding ``train`` / ``model``) builds it, after load_checkpoint."""
+def _continue(nn_env, monkeypatch, tmp_path, checkpoint, **sections: dict):
+    """A trainer as ``--c`` (with ``--config`` holding ``sections``) builds it, after load_checkpoint."""
     from nnunet_bridge.trainer import CONFIG_ENV
 
-    if train or model:
+    if sections:
         given = tmp_path / "given.yaml"
-        given.write_text(yaml.safe_dump({"train": train or {}, "model": model or {}}))
+        given.write_text(yaml.safe_dump(sections))
         monkeypatch.setenv(CONFIG_ENV, str(given))
     trainer = _trainer_uninitialised(nn_env, monkeypatch, fold=2, continue_training=True)
     trainer.load_checkpoint(checkpoint)
@@ -235,17 +235,18 @@ def test_continue_with_a_config_may_extend_num_epochs(nn_env, monkeypatch, tmp_p
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 0.5 ** 0.9)
 
 
-@pytest.mark.parametrize("train, model, named", [
-    ({"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}, None,
+@pytest.mark.parametrize("sections, named", [
+    ({"train": {"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}},
      ["train.initial_lr (None -> 0.001)", "train.batch_size", "train.num_epochs (3 -> 2; --c may only extend it)"]),
-    (None, {"name": "upernet_dinov3_small"}, ["model.name"]),
+    ({"model": {"name": "upernet_dinov3_small"}}, ["model.name"]),
+    ({"lora": {"enabled": True}}, ["lora.enabled"]),
 ])
-def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp_path, train, model, named):
+def test_continue_refuses_a_config_that_changes_the_run(nn_env, monkeypatch, tmp_path, sections, named):
     from nnunet_bridge.config import ConfigError
 
     path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3})
     with pytest.raises(ConfigError) as refused:
-        _continue(nn_env, monkeypatch, tmp_path, str(path), train=train, model=model)
+        _continue(nn_env, monkeypatch, tmp_path, str(path), **sections)
     for field in named:
         assert field in str(refused.value)
 
