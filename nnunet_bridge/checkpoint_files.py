@@ -107,7 +107,7 @@ def _refusal(path: str | os.PathLike, unsafe: list[str]) -> UnsafeCheckpointErro
         f"refused to load checkpoint {str(path)!r}: its pickle needs {', '.join(unsafe)}, which an nnU-Net "
         "checkpoint (weights, numbers, numpy scalars, the plans) never needs, and unpickling it could run code. "
         "Only if you trust the file's origin: pass --trust-checkpoint to the segzoo-nnunet command "
-        f"(or set {TRUST_ENV}=1 for nnUNetv2_* commands with the bridge trainer) to load it as nnU-Net does"
+        f"(or set {TRUST_ENV}=1 for nnUNetv2_train with the bridge trainer) to load it as nnU-Net does"
     )
 
 
