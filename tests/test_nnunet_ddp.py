@@ -201,8 +201,9 @@ def _plan(ddp_env, model: str, name: str, lora: bool = False, kwargs: dict | Non
     if name in plans["configurations"]:
         return name
     config = ddp_env["base"] / f"{name}.yaml"
+    weights = {"checkpoint_path": _tiny_backbone_file(ddp_env, model)} if lora else {}  # plan refuses LoRA without
     config.write_text(yaml.safe_dump({
-        "model": {"name": model, "pretrained": False, "decoder_hidden_size": TINY_WIDTH,
+        "model": {"name": model, "pretrained": False, "decoder_hidden_size": TINY_WIDTH, **weights,
                   "kwargs": kwargs or {"backbone_kwargs": dict(TINY_VIT)}},
         "lora": {"enabled": lora, "r": 4},
         "train": TRAIN,
@@ -210,6 +211,21 @@ def _plan(ddp_env, model: str, name: str, lora: bool = False, kwargs: dict | Non
     run([sys.executable, "-m", "nnunet_bridge", "plan", str(DATASET_ID), "--config", str(config), "--name", name],
          ddp_env["env"])
     return name
+
+
+def _tiny_backbone_file(ddp_env, model: str) -> str:
+    """Weights for the tiny backbone (timm's layout, random values): what LoRA adapts."""
+    import timm
+    from safetensors.torch import save_file
+
+    from segzoo.backbones import BACKBONES
+    from tests.tiny_models import backbone_of
+
+    path = ddp_env["base"] / f"{backbone_of(model)}_tiny.safetensors"
+    if not path.is_file():
+        vit = timm.create_model(BACKBONES[backbone_of(model)].timm_arch, num_classes=0, **TINY_VIT)
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(path))
+    return str(path)
 
 
 def _torchrun(ddp_env, args: list[str], **env: str) -> list[dict]:

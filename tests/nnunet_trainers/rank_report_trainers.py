@@ -72,7 +72,12 @@ _BACKENDS = {RANK1_FAILS_BACKEND: _fails_on_rank_1}
 _BACKENDS.update((name, _counted(inner)) for name, inner in COUNTED_BACKENDS.items())
 for _name, _backend in _BACKENDS.items():
     if _name not in torch._dynamo.list_backends(exclude_tags=()):
+        _backend.graph_runs = _compiled_graph_runs
         register_backend(_backend, name=_name)
+# nnU-Net's trainer search executes this file afresh on every lookup (the bridge looks the trainer up
+# before a run and nnU-Net again inside it), but the backends are registered once per process: count
+# with the counter of the copy that registered them
+_compiled_graph_runs = lookup_backend(next(iter(COUNTED_BACKENDS))).graph_runs
 
 
 class nnUNetTrainerSegZooRankReport(nnUNetTrainerSegZoo):
