@@ -69,9 +69,10 @@ def _one_line(err: Exception) -> str:
     from .config import ConfigError
     from .preflight import PreflightError
     from .trainer_lookup import UnknownTrainerError
+    from .training.divergence import TrainingDivergedError
 
     expected = (PreflightError, ConfigError, CompareError, UnknownModelError, UnknownTrainerError, FileNotFoundError,
-                CheckpointError)
+                CheckpointError, TrainingDivergedError)
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, expected):
         return text

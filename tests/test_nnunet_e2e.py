@@ -235,6 +235,17 @@ def test_continue_with_a_config_may_extend_num_epochs(nn_env, monkeypatch, tmp_p
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * 0.5 ** 0.9)
 
 
+def test_continue_with_a_config_may_lower_the_learning_rate(nn_env, monkeypatch, tmp_path, capsys):
+    """The way back from a diverged run: its last good checkpoint, --c with a lower train.initial_lr."""
+    path = _checkpoint_of_a_run(nn_env, monkeypatch, tmp_path, {"num_epochs": 3})
+    capsys.readouterr()
+    trainer = _continue(nn_env, monkeypatch, tmp_path, str(path), train={"initial_lr": 1e-4})
+    assert "lowers train.initial_lr from 0.0003 to 0.0001 for the rest of the run" in capsys.readouterr().out
+    assert trainer.initial_lr == 1e-4 and trainer.num_epochs == 3
+    trainer.lr_scheduler.step(2)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.5 ** 0.9)  # 1 warm-up epoch, then poly
+
+
 @pytest.mark.parametrize("sections, named", [
     ({"train": {"initial_lr": 1e-3, "batch_size": 3, "num_epochs": 2}},
      ["train.initial_lr (None -> 0.001)", "train.batch_size", "train.num_epochs (3 -> 2; --c may only extend it)"]),
@@ -714,8 +725,9 @@ def test_a_training_loss_that_stays_nan_stops_the_run_and_keeps_the_last_good_ch
     with pytest.raises(TrainingDivergedError, match=(
             r"not finite for 3 consecutive steps \(nan, nan, nan\), from epoch 0 iteration 1 to epoch 1 iteration 1\. "
             r"Likely causes: a learning rate too high \(train\.initial_lr\), input images with NaN or Inf values\. "
-            r".*checkpoint_latest\.pth is kept from before the divergence \(after epoch 0\)\. To go on with a lower "
-            r"learning rate, .* -pretrained_weights COPY and a --config YAML with a lower train\.initial_lr")):
+            r".*checkpoint_latest\.pth is kept from before the divergence \(after epoch 0\)\. To go on from there "
+            r"with a lower learning rate: train the fold again with --c and a --config YAML that sets a lower "
+            r"train\.initial_lr")):
         trainer.train_step(_batch())
     assert latest.read_bytes() == good and not (Path(trainer.output_folder) / "checkpoint_best.pth").exists()
     saved = torch.load(latest, map_location="cpu", weights_only=False)

@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..checkpoint_files import load_checkpoint_file, plain_numbers, trusted_by_environment
-from ..config import ConfigError, config_to_dict, load_config
+from ..config import ConfigError, config_to_dict, load_config, resolved_initial_lr
 from ..files import write_atomic
 from ..plans import diff_dicts
 from .base import ZooTrainerBase
@@ -134,7 +134,8 @@ def resumed_config(saved: dict[str, Any], config_file: Optional[str], where: str
 
     The checkpoint's resolved configuration, whatever the plans or the package defaults say
     now. A configuration file given with ``--c`` is applied on top of it and may raise
-    ``train.num_epochs`` (a note) and change ``RESUME_MAY_CHANGE``; any other change would make
+    ``train.num_epochs`` or lower ``train.initial_lr`` (notes) and change ``RESUME_MAY_CHANGE``; any
+    other change would make
     the continued run differ from the one that was started and raises :class:`ConfigError`
     naming the fields.
     """
@@ -150,6 +151,10 @@ def resumed_config(saved: dict[str, Any], config_file: Optional[str], where: str
         if key == "train.num_epochs" and new[key] > old[key]:
             notes.append(f"Note: {config_file} extends train.num_epochs from {old[key]} to {new[key]} "
                          f"(continuing at epoch {epoch}); the learning rate now decays towards epoch {new[key]}")
+        elif key == "train.initial_lr" and resolved_initial_lr(requested) < resolved_initial_lr(started):
+            # the way back from a diverged run: its last good checkpoint, continued more gently
+            notes.append(f"Note: {config_file} lowers train.initial_lr from {resolved_initial_lr(started):g} to "
+                         f"{resolved_initial_lr(requested):g} for the rest of the run")
         elif key in RESUME_MAY_CHANGE:
             notes.append(f"Note: {config_file} changes {change} for the rest of the run")
         else:
@@ -157,7 +162,7 @@ def resumed_config(saved: dict[str, Any], config_file: Optional[str], where: str
     if refused:
         raise ConfigError(
             f"--c continues the run in {where} as it was started, but {config_file} changes "
-            + ", ".join(refused) + ". With --c a configuration file may only raise train.num_epochs (and change "
+            + ", ".join(refused) + ". With --c a configuration file may only raise train.num_epochs, lower train.initial_lr (and change "
             + " / ".join(RESUME_MAY_CHANGE) + "): drop the other keys from it, or start a new run "
             "(without --c, which starts this fold afresh, or under a new configuration name)"
         )

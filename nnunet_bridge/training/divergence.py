@@ -88,9 +88,8 @@ def divergence_message(steps: list[tuple[int, int, float]], output_folder: str, 
     if os.path.isfile(latest):
         kept = (f"{latest} is kept from before the divergence"
                 + (f" (after epoch {latest_epoch - 1})" if latest_epoch is not None else "")
-                + ". To go on with a lower learning rate, copy it elsewhere and train the fold afresh from its "
-                  "weights: -pretrained_weights COPY and a --config YAML with a lower train.initial_lr "
-                  "(--c keeps the run's learning rate)")
+                + ". To go on from there with a lower learning rate: train the fold again with --c and a "
+                  "--config YAML that sets a lower train.initial_lr")
     else:
         kept = "no checkpoint_latest.pth was written before it; train again with a lower train.initial_lr"
     causes = ["a learning rate too high (train.initial_lr)", "input images with NaN or Inf values"]

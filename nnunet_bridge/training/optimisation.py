@@ -81,11 +81,15 @@ class WarmupPolyLR(torch.optim.lr_scheduler.LRScheduler):
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores the position (``--c``); the schedule's shape stays the configuration's, so a
-        ``num_epochs`` extended at ``--c`` decays to the new end instead of the saved one."""
-        shape = self.warmup_epochs, self.num_epochs, self.exponent
+        """Restores the position (``--c``); the schedule's shape and base rates stay the
+        configuration's, so a ``num_epochs`` extended at ``--c`` decays to the new end and a
+        lowered ``initial_lr`` takes effect, instead of the saved ones."""
+        shape, base_lrs = (self.warmup_epochs, self.num_epochs, self.exponent), list(self.base_lrs)
         super().load_state_dict(state_dict)
         self.warmup_epochs, self.num_epochs, self.exponent = shape
+        self.base_lrs = base_lrs
+        for group, base in zip(self.optimizer.param_groups, base_lrs):
+            group["initial_lr"] = base
 
     def step(self, epoch: int | None = None) -> None:  # type: ignore[override]
         """``step(current_epoch)`` as nnU-Net calls it; ``step()`` advances by one."""
