@@ -118,6 +118,8 @@ def test_unknown_dataset_model_fold_and_trainer_are_one_line(nn_tree, capsys, tm
     assert line.endswith("check the dataset id and those environment variables")
     line = _refused(["predict", "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", "12345", "-c", ZOO], capsys)
     assert "no dataset '12345'" in line
+    line = _refused(["export", "-d", "12345", "-c", ZOO, "-f", "0", "-o", str(tmp_path / "x.onnx")], capsys)
+    assert line.startswith("segzoo-nnunet export: error: no dataset '12345' in nnUNet_raw=")
     line = _refused(["plan", str(DATASET_ID), "--model", "segformer_dinov3_smal"], capsys)
     assert "segformer_dinov3_smal" in line and "segformer_dinov3_small" in line  # the closest registered name
     assert _refused(["train", str(DATASET_ID), ZOO, "O"], capsys) == (
@@ -133,6 +135,9 @@ def test_untrained_fold_and_truncated_checkpoint_name_the_fix(nn_tree, capsys, t
     common = ["-i", str(tmp_path), "-o", str(tmp_path / "o"), "-d", str(DATASET_ID), "-c", ZOO]
     line = _refused(["predict", *common, "-f", "1", "-device", "cpu"], capsys)
     assert line == (f"segzoo-nnunet predict: error: fold 1 of {ZOO} (nnUNetTrainerSegZoo) is not trained: no "
+                    f"{fold1 / 'checkpoint_final.pth'}; train it with: segzoo-nnunet train {DATASET_ID} {ZOO} 1")
+    line = _refused(["export", "-d", str(DATASET_ID), "-c", ZOO, "-f", "1", "-o", str(tmp_path / "x.onnx")], capsys)
+    assert line == (f"segzoo-nnunet export: error: fold 1 of {ZOO} (nnUNetTrainerSegZoo) is not trained: no "
                     f"{fold1 / 'checkpoint_final.pth'}; train it with: segzoo-nnunet train {DATASET_ID} {ZOO} 1")
     final = nn_tree["run"] / "fold_0" / "checkpoint_final.pth"
     for argv in (["predict", *common, "-f", "0"],

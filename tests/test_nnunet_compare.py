@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from nnunet_bridge.synthetic_volumes import VOLUME_SPACING, write_ct_dataset

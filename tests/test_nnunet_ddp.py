@@ -286,7 +286,6 @@ def _compile_fallback_worker(rank: int, port: int) -> None:
     through the bridge's collective compile fall-back with a backend failing on rank 1 only."""
     import segzoo
     from nnunet_bridge.network import ZooNetwork
-    from nnunet_bridge.training.compilation import CompilesRegionally
     from nnunet_bridge.training.sync_batchnorm import let_sync_batchnorm_run_on_cpu
     from tests.nnunet_trainers.rank_report_trainers import RANK1_FAILS_BACKEND
     from torch.nn.parallel import DistributedDataParallel

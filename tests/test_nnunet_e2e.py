@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -661,9 +660,9 @@ def test_demo_runs_end_to_end_small():
         results = out / "nnUNet_results" / "Dataset999_SyntheticFundus"
         rows = {r["run"]: r for r in csv.DictReader((out / "comparison" / "comparison.csv").open())
                 if r["class"] == "foreground mean"}
-        for run in ("nnUNetTrainer__nnUNetPlans__2d", "nnUNetTrainerSegZoo__nnUNetPlans__2d_segformer_dinov3_small"):
-            summary = json.loads((results / run / "fold_0" / "validation" / "summary.json").read_text())
-            assert float(rows[run]["fold_0"]) == pytest.approx(summary["foreground_mean"]["Dice"])
+        for run_name in ("nnUNetTrainer__nnUNetPlans__2d", "nnUNetTrainerSegZoo__nnUNetPlans__2d_segformer_dinov3_small"):
+            summary = json.loads((results / run_name / "fold_0" / "validation" / "summary.json").read_text())
+            assert float(rows[run_name]["fold_0"]) == pytest.approx(summary["foreground_mean"]["Dice"])
         assert "Paired differences in foreground-mean Dice against nnUNetTrainer 2d" in output
         assert (out / "comparison" / "comparison.png").is_file()
         figure = Image.open(out / "demo_predictions.png")
