@@ -145,7 +145,8 @@ def test_onnx_fold_predictor_labels_volumes_as_nnunetv2_predict(runs, dataset_na
     _spread_classes(run_folder, images, tmp_path / "calibration")
     stock = tmp_path / "stock"
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", dataset_id, "-c", ZOO, "-f", "0",
-         "-tr", "nnUNetTrainerSegZoo", "-npp", "0", "-nps", "0", "-device", "cpu"], dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
+         "-tr", "nnUNetTrainerSegZoo", "-npp", "0", "-nps", "0", "-device", "cpu", "--save_probabilities"],
+        dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
     onnx_file = tmp_path / "fold0.onnx"
     bridge(["export", "-d", dataset_id, "-c", ZOO, "-f", "0", "-o", str(onnx_file)], env)
     predictor = OnnxFoldPredictor(onnx_file)
@@ -161,8 +162,14 @@ def test_onnx_fold_predictor_labels_volumes_as_nnunetv2_predict(runs, dataset_na
     assert sorted(np.unique(want).tolist()) == labels, f"nnUNetv2_predict gave classes {np.unique(want).tolist()}"
     agreement = float((ours == want).mean())
     shares = np.bincount(want.ravel(), minlength=len(labels)) / want.size
-    print(f"{dataset_name}: {agreement:.5f} of voxels agree; class shares {np.round(shares, 3).tolist()}")
-    assert agreement >= 0.999, f"only {agreement:.4%} of voxels agree with nnUNetv2_predict"
+    # float32 noise (ONNX Runtime vs PyTorch, nnU-Net's float64 resampling) may only flip near-ties
+    probabilities = np.sort(np.load(stock / case.name.replace("_0000.nii.gz", ".npz"))["probabilities"], axis=0)
+    margins = (probabilities[-1] - probabilities[-2])[ours != want]
+    worst = float(margins.max()) if margins.size else 0.0
+    print(f"{dataset_name}: {agreement:.5f} of voxels agree; class shares {np.round(shares, 3).tolist()}; "
+          f"largest probability margin where they differ: {worst:.4f}")
+    assert agreement >= 0.995, f"only {agreement:.4%} of voxels agree with nnUNetv2_predict"
+    assert worst < 0.01, f"a voxel nnUNetv2_predict labels with a probability margin of {worst:.3f} differs"
 
 
 # -- compare ---------------------------------------------------------------------------
