@@ -41,3 +41,16 @@ def run(cmd: list[str], env: dict, expect_fail: bool = False) -> str:
 def bridge(args: list[str], env: dict, expect_fail: bool = False) -> str:
     """``segzoo-nnunet ARGS`` in a subprocess."""
     return run([sys.executable, "-m", "nnunet_bridge.cli", *args], env, expect_fail)
+
+
+def refused_in_one_line(argv: list[str], capsys) -> str:
+    """Run ``segzoo-nnunet ARGV`` in process; it must fail with one line on stderr and no traceback;
+    return that line."""
+    from nnunet_bridge.cli import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    return lines[0]

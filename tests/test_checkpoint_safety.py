@@ -19,7 +19,7 @@ import torch
 
 from nnunet_bridge.checkpoint_files import TRUST_ENV, load_checkpoint_file
 from nnunet_bridge.cli import main
-from tests.nnunet_runs import nnunet_env
+from tests.nnunet_runs import nnunet_env, refused_in_one_line
 
 DATASET_ID, DATASET = 978, "Dataset978_Hostile"
 ZOO = "2d_segformer_dinov3_small"
@@ -69,12 +69,7 @@ def hostile_tree(tmp_path, monkeypatch) -> dict:
 
 
 def _refusal(argv: list[str], capsys) -> str:
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
+    return refused_in_one_line(argv, capsys)
 
 
 def _names_the_global_and_the_flag(line: str, command: str, path: Path) -> None:

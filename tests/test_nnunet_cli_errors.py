@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from nnunet_bridge.cli import main
-from tests.nnunet_runs import ROOT, nnunet_env
+from tests.nnunet_runs import ROOT, nnunet_env, refused_in_one_line
 
 DATASET_ID, DATASET = 977, "Dataset977_Typos"
 ZOO = "2d_segformer_dinov3_small"
@@ -56,14 +56,7 @@ def nn_tree(tmp_path, monkeypatch) -> dict:
             "results": Path(env["nnUNet_results"]) / DATASET, "base": tmp_path}
 
 
-def _refused(argv: list[str], capsys) -> str:
-    """Run the command; it must fail with one line on stderr and no traceback; return that line."""
-    code = main(argv)
-    captured = capsys.readouterr()
-    assert code == 2, captured
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
+_refused = refused_in_one_line
 
 
 def _nothing_written(tree: dict) -> None:
