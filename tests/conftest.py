@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from importlib.metadata import PackageNotFoundError, version
 
 # No test may reach the internet; the Hub tests point HF_ENDPOINT at a local server.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +25,39 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 torch._dynamo.config.automatic_dynamic_local_pgo = False
 
 from tests.tiny_models import TINY_VIT, TINY_WIDTH  # noqa: E402
+
+# The bridge's tests need nnunetv2 (the `nnunet` extra), which caps timm. Without it
+# (`make test-zoo-latest`: the zoo on the newest timm) these modules are not collected, so the
+# run tests the zoo alone instead of failing on imports; the header names them.
+BRIDGE_TEST_MODULES = (
+    "test_nnunet_bridge.py",
+    "test_nnunet_cli_errors.py",
+    "test_nnunet_compare.py",
+    "test_nnunet_ddp.py",
+    "test_nnunet_e2e.py",
+    "test_checkpoint_safety.py",  # the bridge's checkpoint loading, through its CLI
+    "test_onnx_predict.py",  # the bridge's ONNX predictor against nnunetv2's own functions
+    "test_rank_device.py",  # the bridge's device placement for nnU-Net's trainer
+)
+HAS_NNUNETV2 = importlib.util.find_spec("nnunetv2") is not None
+collect_ignore = [] if HAS_NNUNETV2 else list(BRIDGE_TEST_MODULES)
+
+
+def _version(dist: str) -> str:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The versions a run tested (`make test` and `make test-zoo-latest` differ in timm)."""
+    names = ("torch", "timm", "transformers", "peft", "nnunetv2")
+    lines = ["versions: " + ", ".join(f"{name} {_version(name)}" for name in names)]
+    if not HAS_NNUNETV2:
+        lines.append("nnunetv2 not installed (pip install -e '.[nnunet]'), so the bridge's tests are left out: "
+                     + " ".join(collect_ignore))
+    return lines
 
 
 @pytest.fixture
