@@ -15,10 +15,11 @@ evaluations) share:
   stage ``s`` (its patch embedding, blocks and norm) layer ``s + 1``, as if each stage
   were one ViT block.
 
-The layer of each parameter is decided once, by :func:`encoder_group_matcher` (timm's
-``group_matcher`` format, which ``Segmenter.group_matcher`` returns, so timm's
-``create_optimizer_v2(model, layer_decay=...)`` builds the same layers) and read here by
-:func:`layer_id_of`.
+The layers are timm's: each backbone says which of its parameters form which layer
+(``group_matcher``, in timm's format), ``Segmenter.group_matcher`` puts them under
+``backbone.``, and :func:`timm.optim.param_groups_layer_decay` turns them into scales, so
+timm's ``create_optimizer_v2(model, layer_decay=...)`` builds the same ones. This module adds
+the head multiplier and the embedding names timm's 1-D rule misses.
 
 LoRA adapters belong to the block of the layer they adapt, so they decay like it.
 Frozen parameters are left out (the optimizer never sees them).
@@ -29,29 +30,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from timm.models import group_parameters
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
-__all__ = ["encoder_group_matcher", "embedding_param_names", "layer_id_of", "param_groups"]
+__all__ = ["param_groups", "prefix_group_matcher"]
 
-# embeddings and tokens of timm ViTs (VisionTransformer, Eva); matched as the last name component
+# embeddings and tokens of timm ViTs (VisionTransformer, Eva) by their last name component,
+# anywhere in the model: what a model's own no_weight_decay() may not list
 _NO_DECAY_NAMES = {"pos_embed", "cls_token", "reg_token", "mask_token", "dist_token", "pos_embed_window"}
-
-# Layers of the encoder by full parameter name (as in model.named_parameters()), in timm's
-# group_matcher format. The stem is what reads pixels: a ViT's patch embedding, tokens,
-# position embeddings and RoPE; MiT's first patch embedding. The stem is tested first, so
-# MiT's stage-0 patch embedding is not counted with stage 0.
-_ENCODER = r"^backbone\.model\."
-_STEM = (
-    _ENCODER + r"(?:patch_embed|pos_embed|cls_token|reg_token|mask_token|dist_token|rope)(?:\.|$)"
-    r"|" + _ENCODER + r"(?:stages\.0\.patch_embeddings|encoder\.patch_embeddings\.0)\."
-)
-_LAYERS = (
-    _ENCODER + r"blocks\.(\d+)\.",  # timm ViT / Eva blocks
-    _ENCODER + r"stages\.(\d+)\.",  # MiT stages, transformers >= 5 module layout
-    _ENCODER + r"encoder\.(?:patch_embeddings|block|layer_norm)\.(\d+)\.",  # MiT stages, older transformers
-)
-_STEM_RE = re.compile(_STEM)
-_LAYER_RES = tuple(re.compile(pattern) for pattern in _LAYERS)
+# passed to timm as the weight decay, to read which of its groups decay even when weight_decay=0
+_DECAY_MARK = 1.0
 
 
 def param_groups(
@@ -64,32 +53,36 @@ def param_groups(
     """Parameter groups for ``torch.optim.AdamW(param_groups(model, lr=1e-4))``.
 
     Args:
-        model: a :class:`segzoo.Segmenter` (its ``backbone.model`` is the timm ViT or
-            transformers' MiT).
+        model: a :class:`segzoo.Segmenter` (or any model with timm's ``group_matcher``; with
+            ``layer_decay=1.0`` any model).
         lr: learning rate of the top of the network (head, neck, last block before decay).
         weight_decay: applied to weight matrices and convolution kernels only.
         layer_decay: per-block (ViT) or per-stage (MiT) LR factor in (0, 1]; 1.0 turns
             layer-wise decay off.
-        head_lr_mult: LR multiplier of the neck and head relative to ``lr``.
+        head_lr_mult: LR multiplier of the neck and head (every parameter after the encoder's
+            layers and outside ``model.backbone``) relative to ``lr``.
 
     Returns:
         one dict per (learning rate, weight decay) pair with ``params``, ``lr``,
         ``weight_decay``, ``lr_scale`` (the group's factor on ``lr``, for schedulers that
-        rescale groups) and ``param_names`` (for inspection; optimizers ignore it).
+        rescale groups) and ``param_names`` (for inspection; optimizers ignore it), in
+        ``model.named_parameters()`` order within a group.
     """
     _check(lr, weight_decay, layer_decay, head_lr_mult)
-    num_blocks = _num_blocks(model, needed=layer_decay != 1.0)
-    embeddings = embedding_param_names(model)
+    layer_of = _layers(model, needed=layer_decay != 1.0)
+    top = max(layer_of.values(), default=0)
+    timm_groups = param_groups_layer_decay(
+        model, weight_decay=_DECAY_MARK, no_weight_decay_list=sorted(_no_decay_names(model)), layer_decay=layer_decay
+    )
+    # timm's (lr_scale, decays) per parameter; frozen parameters are not in its groups
+    timm_setting = {id(p): (g["lr_scale"], g["weight_decay"] > 0) for g in timm_groups for p in g["params"]}
     groups: dict[tuple[float, bool], dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
+    for name, param in model.named_parameters():  # this order, not timm's, so group contents stay stable
+        if id(param) not in timm_setting:
             continue
-        layer = layer_id_of(name, num_blocks)
-        if layer > num_blocks:  # neck, head, anything after the last block
-            scale = head_lr_mult if not name.startswith("backbone.") else 1.0
-        else:
-            scale = layer_decay ** (num_blocks + 1 - layer)
-        decay = not _is_no_decay(name, param, embeddings)
+        scale, decay = timm_setting[id(param)]
+        if layer_of.get(name, top) == top and not name.startswith("backbone."):  # neck and head
+            scale *= head_lr_mult
         key = (scale, decay)
         if key not in groups:
             groups[key] = dict(
@@ -104,64 +97,54 @@ def param_groups(
     return sorted(groups.values(), key=lambda g: (g["lr_scale"], g["weight_decay"]))
 
 
-def encoder_group_matcher() -> dict[str, Any]:
-    """timm's ``group_matcher`` of a zoo model, on its full parameter names: ``stem``
-    (patch embedding, tokens, position embeddings) then one group per ViT block or MiT
-    stage; everything unmatched (neck, head) is timm's last group."""
-    return dict(stem=_STEM, blocks=[(pattern, None) for pattern in _LAYERS])
+def prefix_group_matcher(matcher: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A submodule's ``group_matcher`` (timm's dict format, regexes on the submodule's own
+    parameter names, each anchored once at its start) on the names of a parent that holds the
+    submodule as ``prefix`` (e.g. ``"backbone."``). Group order, capture groups and ordinal
+    suffixes stay, so the layers are the same."""
+    if not isinstance(matcher, dict):
+        raise TypeError(f"group_matcher must return timm's dict format to be prefixed, got {type(matcher).__name__}")
 
+    def under_prefix(pattern: str) -> str:
+        return "^" + re.escape(prefix) + "(?:" + pattern.removeprefix("^") + ")"
 
-def layer_id_of(name: str, num_blocks: int) -> int:
-    """Depth of a parameter for layer-wise decay: 0 for the stem (patch embedding, tokens,
-    position embeddings), ``i + 1`` for ViT block ``i`` or MiT stage ``i`` (LoRA adapters
-    included), and ``num_blocks + 1`` for everything after them (neck, head, a final norm
-    kept by the backbone). The same layers as :func:`encoder_group_matcher`."""
-    if _STEM_RE.match(name):
-        return 0
-    for pattern in _LAYER_RES:
-        match = pattern.match(name)
-        if match:
-            return int(match.group(1)) + 1
-    return num_blocks + 1
-
-
-def embedding_param_names(model: nn.Module) -> set[str]:
-    """Full names of the encoder's position embeddings and tokens (timm's ``no_weight_decay``
-    entries included), those of ``model``'s parameters that exist."""
-    backbone_model = getattr(getattr(model, "backbone", None), "model", None)
-    timm_list = getattr(backbone_model, "no_weight_decay", None)
-    # timm names them relative to its own model: pos_embed, cls_token, rope.* (Eva)
-    timm_names = {f"backbone.model.{name}" for name in timm_list()} if callable(timm_list) else set()
     return {
-        name for name, _ in model.named_parameters()
-        if name in timm_names or name.rsplit(".", 1)[-1] in _NO_DECAY_NAMES
+        key: spec if spec is None else under_prefix(spec) if isinstance(spec, str)
+        else [(under_prefix(pattern), suffix) for pattern, suffix in spec]
+        for key, spec in matcher.items()
     }
 
 
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _is_no_decay(name: str, param: nn.Parameter, embeddings: set[str]) -> bool:
-    return param.ndim <= 1 or name.rsplit(".", 1)[-1] == "bias" or name in embeddings
-
-
-def _num_blocks(model: nn.Module, needed: bool = True) -> int:
-    """ViT blocks or MiT stages of the encoder, counted from the parameter names; 0 when
-    the model has none (then only usable without layer decay)."""
-    num_blocks = max(
-        (int(match.group(1)) + 1 for name, _ in model.named_parameters() for pattern in _LAYER_RES
-         if (match := pattern.match(name))),
-        default=0,
-    )
-    if num_blocks == 0 and needed:
+def _layers(model: nn.Module, needed: bool) -> dict[str, int]:
+    """timm's layer of every parameter (frozen ones included, so freezing does not renumber),
+    from ``model.group_matcher``; empty for a model without one (then only usable without
+    layer decay)."""
+    matcher = getattr(model, "group_matcher", None)
+    layer_of = group_parameters(model, matcher(coarse=False), reverse=True) if callable(matcher) else {}
+    if needed and max(layer_of.values(), default=0) == 0:
         backbone = getattr(model, "backbone", None)
         raise TypeError(
-            f"layer-wise LR decay needs a segzoo ViT model or segformer_mit_* model (an encoder with blocks or "
-            f"stages under .backbone.model), got {type(model).__name__}"
+            f"layer-wise LR decay needs a segzoo ViT model or segformer_mit_* model (an encoder whose "
+            f"group_matcher() splits it into blocks or stages), got {type(model).__name__}"
             f"{' with a ' + type(backbone).__name__ if backbone is not None else ''}; "
             "pass layer_decay=1.0 for other encoders"
         )
-    return num_blocks
+    return layer_of
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    """What timm's 1-D rule does not exempt but segzoo does (timm's ``no_weight_decay_list``):
+    the model's ``no_weight_decay()`` entries, and embeddings, tokens and biases of any shape
+    by name."""
+    listed = getattr(model, "no_weight_decay", None)
+    by_name = {
+        name for name, param in model.named_parameters()
+        if param.requires_grad and param.ndim > 1 and name.rsplit(".", 1)[-1] in _NO_DECAY_NAMES | {"bias"}
+    }
+    return by_name | (set(listed()) if callable(listed) else set())
 
 
 def _check(lr: float, weight_decay: float, layer_decay: float, head_lr_mult: float) -> None:
