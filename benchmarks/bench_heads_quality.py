@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.bench_neck_quality import dice_per_class, fundus_tensors  # noqa: E402
 from benchmarks.results_file import append_results  # noqa: E402
 import segzoo  # noqa: E402
-from nnunet_bridge.synthetic import LABELS  # noqa: E402
+from nnunet_bridge.demo.synthetic import LABELS  # noqa: E402
 
 SMALL_VIT = {"depth": 4, "embed_dim": 96, "num_heads": 3}  # the demo's backbone
 # decoders as narrow as the demo's, so that no head's width dwarfs this backbone; EoMT (no decoder) runs

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from benchmarks.results_file import append_results  # noqa: E402
 import segzoo  # noqa: E402
-from nnunet_bridge.synthetic import LABELS, fundus_case  # noqa: E402
+from nnunet_bridge.demo.synthetic import LABELS, fundus_case  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -32,7 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from benchmarks.results_file import append_results  # noqa: E402
-from nnunet_bridge.synthetic import write_fundus_dataset  # noqa: E402
+from nnunet_bridge.demo.synthetic import write_fundus_dataset  # noqa: E402
 
 DATASET_ID = 994
 THROUGHPUT = re.compile(r"training throughput: ([\d.]+) images/s \((\d+) iterations of batch (\d+)")

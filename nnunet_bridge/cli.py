@@ -23,7 +23,13 @@ import sys
 from typing import Sequence
 
 from . import EXT_TRAINER_DIR, ensure_ext_trainer_path
-from .compare import DEFAULT_TRAINERS
+from .preflight import PreflightError, dataset_name, parse_fold, require_planned, require_trained_folds
+from .report.compare import DEFAULT_TRAINERS, CompareError, gather
+from .report.compare_report import format_text, write_report
+from .trainer_lookup import UnknownTrainerError, bridge_trainers_resolved, find_trainer_class
+
+# Only modules that need nothing beyond the standard library are imported here, so `--help`, `env`
+# and argument errors answer at once; each command imports the rest (torch, nnU-Net, the zoo, omegaconf).
 
 __all__ = ["main", "resolve_training_configuration"]
 
@@ -65,10 +71,7 @@ def _one_line(err: Exception) -> str:
     with the way to see the rest."""
     from segzoo import CheckpointError, UnknownModelError
 
-    from .compare import CompareError
     from .config import ConfigError
-    from .preflight import PreflightError
-    from .trainer_lookup import UnknownTrainerError
     from .training.divergence import TrainingDivergedError
 
     expected = (PreflightError, ConfigError, CompareError, UnknownModelError, UnknownTrainerError, FileNotFoundError,
@@ -91,7 +94,6 @@ def resolve_training_configuration(dataset: str, configuration: str, config_path
     """
     from .config import load_config
     from .plans import NETWORK_CLASS_NAME, configuration_name_for, load_plans, plan
-    from .preflight import require_planned
 
     require_planned(dataset, configuration, plans_identifier)
     existing = load_plans(dataset, plans_identifier)["configurations"][configuration]
@@ -121,7 +123,6 @@ def _refuse_planning_in_each_torchrun_process(configuration: str) -> None:
 def _cmd_plan(args: argparse.Namespace, _rest: list[str]) -> int:
     from .config import load_config
     from .plans import plan
-    from .preflight import dataset_name
 
     overrides: dict = {}
     if args.model:
@@ -174,8 +175,6 @@ def _cmd_train(args: argparse.Namespace, _rest: list[str]) -> int:
 def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
     from nnunetv2.inference.predict_from_raw_data import predict_entry_point
 
-    from .trainer_lookup import bridge_trainers_resolved
-
     _check_prediction(rest, args.tr, trust_checkpoint=args.trust_checkpoint)
     forwarded = [*rest, "-tr", args.tr, "-device", _device(args.device).type]
     old_argv = sys.argv
@@ -191,8 +190,6 @@ def _cmd_predict(args: argparse.Namespace, rest: list[str]) -> int:
 def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
     from .export import export_fold
 
-    from .preflight import require_planned, require_trained_folds
-
     _check_fold_and_trainer(args.fold, args.tr)
     require_planned(args.dataset, args.configuration, args.p)
     require_trained_folds(args.dataset, args.configuration, [args.fold], args.tr, args.p, args.chk)
@@ -205,9 +202,6 @@ def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace, _rest: list[str]) -> int:
-    from .compare import CompareError, gather
-    from .compare_report import format_text, write_report
-
     try:
         comparison = gather(args.dataset, args.configurations, trainers=args.trainer, plans_identifier=args.p,
                             folds=args.folds, reference=args.reference, trust_checkpoint=args.trust_checkpoint)
@@ -222,9 +216,6 @@ def _cmd_compare(args: argparse.Namespace, _rest: list[str]) -> int:
 
 
 def _check_fold_and_trainer(fold: str, trainer: str) -> None:
-    from .preflight import parse_fold
-    from .trainer_lookup import find_trainer_class
-
     parse_fold(fold)
     find_trainer_class(trainer)  # the bridge's directly; others through nnU-Net's search, as it will
 
@@ -236,8 +227,6 @@ def _check_prediction(rest: list[str], trainer: str, trust_checkpoint: bool = Fa
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     from .checkpoint_files import check_checkpoint_file
-    from .preflight import parse_fold, require_planned, require_trained_folds
-    from .trainer_lookup import find_trainer_class
 
     # exact option names only: argparse would read nnU-Net's -disable_tta as -d isable_tta
     values: dict[str, list[str]] = {}
@@ -262,8 +251,6 @@ def _check_prediction(rest: list[str], trainer: str, trust_checkpoint: bool = Fa
         check_checkpoint_file(os.path.join(get_output_folder(dataset, trainer, plans, configuration, parse_fold(fold)),
                                            checkpoint), trusted=trust_checkpoint)
     if values.get("-i"):  # nnU-Net predicts NaN / Inf inputs without a word
-        from nnunetv2.utilities.file_path_utilities import get_output_folder
-
         from .input_check import check_inputs_finite
 
         check_inputs_finite(values["-i"][0], get_output_folder(dataset, trainer, plans, configuration))
@@ -275,7 +262,7 @@ def _cmd_env(_args: argparse.Namespace, _rest: list[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, _rest: list[str]) -> int:
-    from .demo import run_demo
+    from .demo.pipeline import run_demo
 
     run_demo(out=args.out, epochs=args.epochs, iterations=args.iterations, num_train=args.cases,
              size=args.size, device=args.device, seed=args.seed)

@@ -206,7 +206,7 @@ def test_the_demos_predictor_looks_trainers_up_through_the_guard(nn_tree, monkey
     the demo must call it with the bridge's lookup in place (its other calls are guarded too)."""
     import nnunetv2.inference.predict_from_raw_data as predict_module
 
-    from nnunet_bridge import demo
+    from nnunet_bridge.demo import pipeline as demo
     from nnunet_bridge.trainer_lookup import find_trainer_class
 
     (Path(nn_tree["env"]["nnUNet_raw"]) / f"Dataset{demo.DEMO_DATASET_ID}_Demo").mkdir()

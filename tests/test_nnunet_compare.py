@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nnunet_bridge.synthetic_volumes import VOLUME_SPACING, write_ct_dataset
+from nnunet_bridge.demo.synthetic_volumes import VOLUME_SPACING, write_ct_dataset
 from nnunet_bridge import EXT_TRAINER_DIR
 from tests.nnunet_runs import bridge, nnunet_env, run
 from tests.tiny_models import TINY_VIT
@@ -45,7 +45,7 @@ TRAIN_SCRIPT = """
 import torch
 from nnunetv2.run.run_training import run_training
 from nnunet_bridge import ensure_ext_trainer_path
-from nnunet_bridge.baseline import train_nnunet_baseline
+from nnunet_bridge.demo.baseline import train_nnunet_baseline
 from nnunet_bridge.config import load_config
 from nnunet_bridge.plans import plan
 ensure_ext_trainer_path()
@@ -134,7 +134,7 @@ def test_onnx_fold_predictor_labels_volumes_as_nnunetv2_predict(runs, dataset_na
     a mirrored class map, so both predictors run a copy of the fold whose classifier is rewritten
     to give each class about a third of the test volume (see _spread_classes)."""
     pytest.importorskip("onnxruntime", reason="the export extra")
-    from nnunet_bridge.onnx_predict import OnnxFoldPredictor
+    from nnunet_bridge.deploy.onnx_predict import OnnxFoldPredictor
 
     dataset_id = dataset_name[len("Dataset"):].split("_")[0]
     env = dict(runs["env"], nnUNet_results=str(tmp_path / "results"))
@@ -214,8 +214,8 @@ def test_compare_reports_the_numbers_of_the_summary_files(runs, tmp_path):
 def test_compare_names_missing_unfinished_and_unvalidated_folds(runs, tmp_path, monkeypatch):
     """On-disk states of real runs: fold 1 a copy of fold 0 mid-training (no final checkpoint,
     no validation), fold 2 trained but never validated, fold 3 never started."""
-    from nnunet_bridge.compare import FOREGROUND, gather, paired_differences
-    from nnunet_bridge.compare_report import format_markdown, write_report
+    from nnunet_bridge.report.compare import FOREGROUND, gather, paired_differences
+    from nnunet_bridge.report.compare_report import format_markdown, write_report
 
     results = tmp_path / "results"
     shutil.copytree(runs["results"] / CT_NAME, results / CT_NAME)
@@ -255,7 +255,7 @@ def test_compare_refuses_what_it_cannot_find(runs):
 
 
 def test_compare_names_an_unknown_dataset(tmp_path):
-    from nnunet_bridge.compare import gather
+    from nnunet_bridge.report.compare import gather
 
     with pytest.raises(FileNotFoundError, match="no dataset 987 in nnUNet_raw"):
         gather(987, results_folder=tmp_path)

@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from nnunet_bridge.synthetic import write_fundus_dataset
+from nnunet_bridge.demo.synthetic import write_fundus_dataset
 from tests.nnunet_runs import ROOT, nnunet_env, run
 from tests.tiny_models import TINY_MASK2FORMER, TINY_VIT, TINY_WIDTH
 

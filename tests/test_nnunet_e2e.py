@@ -27,7 +27,7 @@ from PIL import Image
 
 import segzoo
 
-from nnunet_bridge.synthetic import fundus_case, write_fundus_dataset
+from nnunet_bridge.demo.synthetic import fundus_case, write_fundus_dataset
 from nnunet_bridge import EXT_TRAINER_DIR
 from tests.nnunet_runs import ROOT, bridge, nnunet_env, run
 from tests.tiny_models import TINY_VIT

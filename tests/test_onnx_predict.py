@@ -11,7 +11,7 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compu
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from nnunetv2.preprocessing.normalization import default_normalization_schemes as schemes
 
-from nnunet_bridge.onnx_predict import _crop_to_nonzero, gaussian_weights, normalize_channel, sliding_window_steps
+from nnunet_bridge.deploy.onnx_predict import _crop_to_nonzero, gaussian_weights, normalize_channel, sliding_window_steps
 
 
 @pytest.mark.parametrize("image_size, patch_size, step", [((100, 90), (64, 64), 0.5), ((64, 200), (64, 48), 0.5),
@@ -73,7 +73,7 @@ def test_predictor_names_bad_input(tmp_path):
     import json
 
     import segzoo
-    from nnunet_bridge.onnx_predict import OnnxFoldPredictor
+    from nnunet_bridge.deploy.onnx_predict import OnnxFoldPredictor
     from tests.tiny_models import TINY
 
     model = segzoo.create_model("segformer_dinov3_small", num_classes=2, **TINY)

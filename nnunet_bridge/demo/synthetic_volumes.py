@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 __all__ = ["VOLUME_LABELS", "VOLUME_SPACING", "ct_case", "write_ct_dataset"]
 
@@ -76,8 +77,6 @@ def write_ct_dataset(
     ``normalization`` is the channel name nnU-Net reads: ``"CT"`` (its CT scheme, from
     intensities of the labelled voxels of the whole training set) or ``"zscore"`` (per image).
     """
-    import SimpleITK as sitk
-
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     folder = Path(raw_folder) / f"Dataset{dataset_id:03d}_{name}"
@@ -99,7 +98,7 @@ def write_ct_dataset(
         "numTraining": num_train,
         "file_ending": ".nii.gz",
         "name": name,
-        "description": "synthetic CT-like volumes (segzoo nnunet_bridge.synthetic_volumes)",
+        "description": "synthetic CT-like volumes (segzoo nnunet_bridge.demo.synthetic_volumes)",
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder

@@ -91,7 +91,7 @@ def write_fundus_dataset(
         "numTraining": num_train,
         "file_ending": ".png",
         "name": name,
-        "description": "synthetic fundus-like photographs (segzoo nnunet_bridge.synthetic)",
+        "description": "synthetic fundus-like photographs (segzoo nnunet_bridge.demo.synthetic)",
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder

@@ -10,7 +10,7 @@ spacing (nnU-Net would resample; natural images and most 2D data need none)::
     predictor = OnnxFoldPredictor("fold0.onnx")          # reads fold0.json
     labels = predictor.predict(image)                     # image (C, H, W) or (C, Z, Y, X)
 
-``python -m nnunet_bridge.onnx_predict fold0.onnx -i imagesTs -o predictions`` does this
+``python -m nnunet_bridge.deploy.onnx_predict fold0.onnx -i imagesTs -o predictions`` does this
 for a folder of PNG images named as nnU-Net names them (``case_0000.png``).
 """
 
@@ -181,7 +181,7 @@ def _label_values(labels: dict) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from PIL import Image
+    from PIL import Image  # reads the PNG folders of this command only, not a dependency of predict()
 
     parser = argparse.ArgumentParser(description="Predict a folder of PNG images with an exported nnU-Net fold.")
     parser.add_argument("onnx", help="the ONNX file written by `segzoo-nnunet export` (its .json beside it)")

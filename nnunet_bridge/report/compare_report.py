@@ -1,7 +1,7 @@
-"""The comparison of :mod:`nnunet_bridge.compare` as text, Markdown and CSV, and the report folder.
+"""The comparison of :mod:`nnunet_bridge.report.compare` as text, Markdown and CSV, and the report folder.
 
 :func:`write_report` writes ``comparison.md``, ``comparison.csv``, ``paired_differences.csv``
-and the picture (:mod:`nnunet_bridge.compare_plot`); :func:`format_text` is what
+and the picture (:mod:`nnunet_bridge.report.compare_plot`); :func:`format_text` is what
 ``segzoo-nnunet compare`` prints.
 """
 
@@ -72,7 +72,7 @@ def write_report(comparison: Comparison, out_dir: str | Path, figure: bool = Tru
     _write_csv(comparison, paths["csv"])
     _write_paired_csv(comparison, paths["paired_csv"])
     if figure:
-        from .compare_plot import write_comparison_figure
+        from .compare_plot import write_comparison_figure  # matplotlib and nnU-Net's readers: only to draw
 
         paths["figure"] = write_comparison_figure(comparison, out / "comparison.png", case=case)
     paths["markdown"].write_text(format_markdown(comparison, "comparison.png" if figure else None))

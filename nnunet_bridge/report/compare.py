@@ -8,8 +8,8 @@ nnU-Net splits a dataset's training cases into the same five folds for every con
 cost (epochs and seconds per epoch from the training logs, parameters from a checkpoint).
 A fold that is missing, still training, or trained but never validated is named in every
 output with the reason; it is left out of the means, never silently.
-:mod:`nnunet_bridge.compare_report` writes the table (Markdown, CSV), the paired differences
-against a reference configuration and the picture (:mod:`nnunet_bridge.compare_plot`).
+:mod:`nnunet_bridge.report.compare_report` writes the table (Markdown, CSV), the paired differences
+against a reference configuration and the picture (:mod:`nnunet_bridge.report.compare_plot`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from ..preflight import refuse_unplanned
 
 __all__ = [
     "DEFAULT_REFERENCE",
@@ -207,8 +209,6 @@ def _refuse_unplanned(dataset: str | int, configurations: list[str], dataset_fol
     """Bare configuration names must be in the dataset's plans (the preprocessed plans file, or the
     copies in the results folders when only those are here): a misspelt name is refused with
     the closest planned ones, never compared as a run "still training"."""
-    from .preflight import refuse_unplanned
-
     if not configurations:
         return
     path = Path(os.environ.get("nnUNet_preprocessed") or "/nonexistent", dataset_folder.name, f"{plans}.json")
@@ -326,7 +326,7 @@ def _planned_epochs(fold_dir: Path) -> int | None:
 
 def _parameters(folder: Path, folds: list[int], trust_checkpoint: bool = False) -> int | None:
     """Parameter count of the network in the first checkpoint found (weights, not buffers)."""
-    from .checkpoint_files import load_checkpoint_file
+    from ..checkpoint_files import load_checkpoint_file  # torch: not for `segzoo-nnunet --help`
 
     for fold in folds:
         for name in ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth"):

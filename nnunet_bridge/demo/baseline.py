@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from nnunetv2.run.run_training import get_trainer_from_args
 
 __all__ = ["train_nnunet_baseline"]
 
@@ -27,8 +28,6 @@ def train_nnunet_baseline(
     device: torch.device | str = "cpu",
 ) -> Path:
     """Train and validate ``nnUNetTrainer`` on one fold; returns the fold's output folder."""
-    from nnunetv2.run.run_training import get_trainer_from_args
-
     if min(num_epochs, num_iterations_per_epoch, num_val_iterations_per_epoch) < 1:
         raise ValueError("num_epochs, num_iterations_per_epoch and num_val_iterations_per_epoch must be >= 1")
     trainer = get_trainer_from_args(str(dataset), configuration, fold, "nnUNetTrainer", plans_identifier,

@@ -13,7 +13,12 @@ import json
 import os
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import colormaps
+from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+from nnunetv2.paths import nnUNet_preprocessed
 
 from .compare import FOREGROUND, CompareError, Comparison, RunResult
 
@@ -22,11 +27,7 @@ __all__ = ["write_comparison_figure", "validation_case"]
 
 def write_comparison_figure(comparison: Comparison, path: str | Path, case: str | None = None) -> Path:
     """Draw the figure to ``path`` (PNG) and return the path."""
-    import matplotlib
-
     matplotlib.use("Agg")  # files only; no display needed
-    import matplotlib.pyplot as plt
-
     picked = validation_case(comparison, case)
     columns = 2 + len(comparison.runs)
     # matplotlib's defaults, whatever style the process set (nnU-Net's progress plot sets seaborn's)
@@ -141,8 +142,6 @@ def _dataset_json(run: RunResult) -> dict:
 
 
 def _reader(run: RunResult):
-    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
-
     plans = json.loads((run.folder / "plans.json").read_text())
     return recursive_find_reader_writer_by_name(plans["image_reader_writer"])()
 
@@ -157,8 +156,6 @@ def _reference_file(run: RunResult, fold: int, case: str, ending: str) -> Path:
     entry = _summary_case(run, fold, case)
     if entry is not None and Path(entry["reference_file"]).is_file():
         return Path(entry["reference_file"])
-    from nnunetv2.paths import nnUNet_preprocessed
-
     return Path(str(nnUNet_preprocessed)) / run.folder.parent.name / "gt_segmentations" / f"{case}{ending}"
 
 
@@ -185,8 +182,6 @@ def _raw_image(comparison: Comparison, run: RunResult, reader, case: str, ending
 
 def _label_colours(num_classes: int) -> np.ndarray:
     """RGB per label value: black background, then matplotlib's tab10 colours."""
-    from matplotlib import colormaps
-
     tab10 = colormaps["tab10"].colors
     return np.array([(0.0, 0.0, 0.0)] + [tab10[i % 10] for i in range(num_classes)])
 

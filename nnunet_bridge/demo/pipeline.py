@@ -16,9 +16,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from .. import ensure_ext_trainer_path
+from ..config import load_config
+from ..plans import plan
+from ..report.compare import gather
+from ..report.compare_report import format_text, write_report
+from ..trainer_lookup import bridge_trainers_resolved
 from .synthetic import LABELS, write_fundus_dataset
 
 __all__ = ["DEMO_DATASET_ID", "demo_config", "run_demo", "dice_per_class"]
@@ -55,8 +62,6 @@ def demo_config(epochs: int, iterations: int) -> dict:
 def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: int = 25, num_train: int = 24,
              size: int = 128, device: str = "cpu", seed: int = 0) -> dict[str, float]:
     """Run the demo; returns the held-out Dice per class name."""
-    import torch
-
     start = time.time()
     out = Path(out).resolve()
     folders = {key: out / key for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
@@ -71,6 +76,7 @@ def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: in
                                size=size, seed=seed)
 
     _step(2, "nnU-Net fingerprint, plans and 2d preprocessing")
+    # nnU-Net reads nnUNet_def_n_proc once, when first imported: only now, with it set above
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
     os.environ["nnUNet_n_proc_DA"] = str(workers)  # nnU-Net's planner needs >= 1
@@ -79,19 +85,14 @@ def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: in
     preprocess([DEMO_DATASET_ID], configurations=("2d",), num_processes=(workers,))
 
     _step(3, "adding the zoo configuration to the plans")
-    from .config import load_config
-    from .plans import plan
-
     config_file = out / "demo_config.yaml"
     config_file.write_text(yaml.safe_dump(demo_config(epochs, iterations), sort_keys=False))
     configuration = plan(DEMO_DATASET_ID, load_config(config_file))
 
     _step(4, f"training {configuration} for {epochs} epochs x {iterations} iterations on {device}")
-    from nnunetv2.run.run_training import run_training
+    from nnunetv2.run.run_training import run_training  # after nnUNet_def_n_proc, as above
 
-    from . import ensure_ext_trainer_path
-    from .baseline import train_nnunet_baseline
-    from .trainer_lookup import bridge_trainers_resolved
+    from .baseline import train_nnunet_baseline  # imports nnU-Net's training too
 
     ensure_ext_trainer_path()
     os.environ["nnUNet_n_proc_DA"] = "0"  # augment in-process: worker processes only compete for 2 cores
@@ -112,9 +113,6 @@ def run_demo(out: str | Path = "./demo_output", epochs: int = 15, iterations: in
     _write_figure(raw, predictions, figure, dice)
 
     _step(7, "comparing the two runs on fold 0's validation cases (segzoo-nnunet compare)")
-    from .compare import gather
-    from .compare_report import format_text, write_report
-
     comparison = gather(DEMO_DATASET_ID, [configuration, "2d"], folds=[0])
     print(format_text(comparison))
     report = write_report(comparison, out / "comparison")
@@ -152,10 +150,9 @@ def _step(number: int, text: str) -> None:
 
 
 def _predict(trainer: str, configuration: str, images: Path, output: Path, device) -> None:
+    # after run_demo set nnUNet_def_n_proc (nnU-Net reads it when first imported)
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-
-    from .trainer_lookup import bridge_trainers_resolved
 
     predictor = nnUNetPredictor(device=device, perform_everything_on_device=device.type == "cuda",
                                 allow_tqdm=False, verbose=False)
@@ -171,8 +168,6 @@ def _predict(trainer: str, configuration: str, images: Path, output: Path, devic
 def _write_figure(raw: Path, predictions: Path, path: Path, dice: dict[str, float], rows: int = 4,
                   zoom: int = 2) -> None:
     """Held-out cases as rows of image / truth / prediction, titled, with the Dice underneath."""
-    from PIL import ImageDraw
-
     tiles = []
     for image_file in sorted((raw / "imagesTs").glob("*_0000.png"))[:rows]:
         case = image_file.name[: -len("_0000.png")]
