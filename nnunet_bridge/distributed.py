@@ -24,8 +24,13 @@ import socket
 from typing import Mapping, Optional, Union
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
+from . import ensure_ext_trainer_path
 from .config import ConfigError
+from .trainer_lookup import bridge_trainers_resolved
 
 __all__ = ["ProcessPlace", "TrainingRun", "launch_training", "rank_device", "torchrun_place",
            "train_in_process"]
@@ -127,16 +132,12 @@ def launch_training(run: TrainingRun, num_gpus: Optional[int] = None) -> None:
     if processes == 1:
         train_in_process(run)
         return
-    import torch.multiprocessing as mp
-
     port = int(os.environ.get("MASTER_PORT") or _free_port())
     mp.spawn(_spawned_process, args=(run, processes, port), nprocs=processes, join=True)
 
 
 def train_distributed(run: TrainingRun, place: ProcessPlace):
     """Join the process group (``MASTER_ADDR:MASTER_PORT``), train in nnU-Net's DDP mode, leave it."""
-    import torch.distributed as dist
-
     device = rank_device(place, run.device)  # a bad LOCAL_RANK fails here, before the group waits on it
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -154,11 +155,6 @@ def train_distributed(run: TrainingRun, place: ProcessPlace):
 def train_in_process(run: TrainingRun):
     """nnU-Net's training sequence in this process (DDP mode if a process group is initialised);
     returns the trainer. The bridge's trainers are resolved directly, also in spawned processes."""
-    from batchgenerators.utilities.file_and_folder_operations import join
-    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-
-    from .trainer_lookup import bridge_trainers_resolved
-
     fold = run.fold if run.fold == "all" else int(run.fold)
     device = torch.device(run.device)
     with bridge_trainers_resolved():
@@ -172,15 +168,13 @@ def train_in_process(run: TrainingRun):
     if not run.only_validation:
         trainer.run_training()
     if run.val_best:
-        trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_best.pth"))
+        trainer.load_checkpoint(os.path.join(trainer.output_folder, "checkpoint_best.pth"))
     trainer.perform_actual_validation(run.save_probabilities)
     return trainer
 
 
 def _spawned_process(index: int, run: TrainingRun, processes: int, port: int) -> None:
     """One of ``-num_gpus N``'s processes, given the environment torchrun would give it."""
-    from . import ensure_ext_trainer_path
-
     os.environ.update(RANK=str(index), WORLD_SIZE=str(processes), LOCAL_RANK=str(index),
                       LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     ensure_ext_trainer_path()

@@ -16,6 +16,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.file_path_utilities import get_output_folder
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
 from segzoo.export import export_module_onnx
 
 from .checkpoint_files import load_checkpoint_file
@@ -29,12 +35,6 @@ def export_fold(dataset: str | int, configuration: str, fold: int | str, output:
                 checkpoint: str = "checkpoint_final.pth", trust_checkpoint: bool = False) -> tuple[Path, Path]:
     """Write ``output`` (ONNX) and ``output`` with ``.json`` (deployment facts); return both paths.
     A checkpoint that would run code when loaded is refused unless ``trust_checkpoint``."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     try:
         dataset = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as err:  # nnU-Net's "could not find a dataset", said without its traceback

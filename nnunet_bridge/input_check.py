@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from .preflight import PreflightError
 
@@ -52,8 +53,6 @@ def nonfinite_cases(input_folder: str | os.PathLike, file_ending: str, reader: A
 def check_inputs_finite(input_folder: str, model_folder: str) -> None:
     """Refuse a prediction whose input cases hold NaN or Inf, naming each case (checked with the
     trained model's dataset.json and plans, as ``nnUNetv2_predict`` reads them)."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     if not os.path.isdir(input_folder) or not os.path.isfile(os.path.join(model_folder, "dataset.json")):
         return  # nnU-Net's own errors name a missing input folder; preflight names an untrained model
     with open(os.path.join(model_folder, "dataset.json")) as f:

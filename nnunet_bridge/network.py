@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 import segzoo
+
+from .config import zoo_model_name
 
 __all__ = ["ZooNetwork", "build_zoo_network", "arch_kwargs_from_config", "create_zoo_model"]
 
@@ -101,8 +104,6 @@ def create_zoo_model(
 
 def arch_kwargs_from_config(config: Any, input_normalization: str) -> dict[str, Any]:
     """The plans' ``arch_kwargs`` for a resolved bridge config (what rebuilds the network anywhere)."""
-    from .config import zoo_model_name
-
     model = config.model
     name = zoo_model_name(config)
     if model.pretrained_tag:
@@ -129,8 +130,6 @@ def arch_kwargs_from_config(config: Any, input_normalization: str) -> dict[str, 
 
 
 def _plain(value: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return dict(value)

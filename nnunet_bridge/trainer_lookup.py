@@ -16,6 +16,7 @@ walk finds the modules the failed one imported). A name nnU-Net cannot find eith
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from typing import Callable, Iterator
 
@@ -32,7 +33,7 @@ class UnknownTrainerError(RuntimeError):
 
 def find_trainer_class(name: str, nnunet_search: Callable[[str], type] | None = None) -> type:
     """The trainer class called ``name``: a bridge trainer directly, any other through nnU-Net."""
-    from . import trainer as bridge_trainers
+    from . import trainer as bridge_trainers  # cycle: the trainer's DDP code looks trainers up through here
 
     candidate = getattr(bridge_trainers, name, None)
     if isinstance(candidate, type) and candidate.__module__.startswith("nnunet_bridge."):
@@ -57,8 +58,6 @@ def find_trainer_class(name: str, nnunet_search: Callable[[str], type] | None = 
 def bridge_trainers_resolved() -> Iterator[None]:
     """Within the block, nnU-Net's training and prediction entry points look trainers up
     with :func:`find_trainer_class`; nnU-Net's own lookup is restored afterwards."""
-    import importlib
-
     modules = [importlib.import_module(name) for name in _CALLERS]
     originals = [module.recursive_find_trainer_class_by_name for module in modules]
     try:

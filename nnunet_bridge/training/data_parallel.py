@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import ConfigError
@@ -98,8 +99,6 @@ def _nnunet_ddp_wrap_deferred() -> Iterator[None]:
     """nnU-Net wraps the network in ``initialize`` with ``device_ids=[global rank]`` (wrong on the
     CPU and past the first machine) and before any compile; within this block that wrap is a
     no-op and :meth:`DataParallelTraining.on_train_start` wraps instead."""
-    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
-
     original = nnunet_trainer_module.DDP
 
     def unwrapped(module: torch.nn.Module, *_args: Any, **_kwargs: Any) -> torch.nn.Module:

@@ -8,6 +8,8 @@ import torch
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
+from segzoo.optim import param_groups
+
 from .base import ZooTrainerBase
 
 __all__ = ["AdamWWarmupPoly", "WarmupPolyLR", "build_param_groups"]
@@ -108,8 +110,6 @@ def build_param_groups(
     (LoRA's base weights) left out; optional layer-wise LR decay through the ViT blocks and
     a neck/head LR multiplier. ``model`` may be the bridge's network wrapper.
     """
-    from segzoo.optim import param_groups
-
     zoo_model = getattr(model, "model", model)  # ZooNetwork wraps the zoo model
     return param_groups(zoo_model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
                         head_lr_mult=head_lr_mult)
