@@ -1,38 +1,118 @@
-"""The zoo's modules import one way: no cycles, and no import of a segzoo module hidden in a function.
+"""segzoo and nnunet_bridge import one way: no cycles, and no import hidden in a function without a reason.
 
-Hidden imports are how cycles get papered over; the few that defer a heavy optional
-dependency until it is needed are listed here with the reason.
+A hidden (deferred) import is how a cycle gets papered over or a heavy module slips into a
+light one, so each is listed in DEFERRED with the one reason it may have:
+
+- ``cli-speed``: the module is imported when ``segzoo-nnunet`` starts, which loads the standard
+  library only (no torch, nnU-Net, zoo models, numpy or omegaconf: ``--help`` answers at once);
+- ``optional``: a dependency the package does not require (onnxruntime, Pillow in the deploy file);
+- ``cycle``: importing it at the top would close an import cycle;
+- ``env``: nnU-Net reads ``nnUNet_def_n_proc`` once, when first imported, and the demo sets it first;
+- ``pending``: not yet justified or moved (segzoo's own, and files of the bridge another change owns).
+
+A new deferred import fails here until it is moved to the top or listed; a justified entry
+whose import is gone fails too, so the list stays as short as the code allows.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "segzoo"
-# (module, imported module): deferred on purpose
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("segzoo", "nnunet_bridge")
+REASONS = {"cli-speed", "optional", "cycle", "env", "pending"}
+PENDING_BRIDGE_MODULES = ("nnunet_bridge.config", "nnunet_bridge.plans")  # edited by another change
+# (module, imported module): reason
 DEFERRED = {
-    ("segzoo.models.segmenter", "segzoo.lora"),  # peft loads only when a model gets LoRA
+    # the CLI's commands import what they run
+    ("nnunet_bridge.cli", "segzoo"): "cli-speed",
+    ("nnunet_bridge.cli", "torch"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunetv2.inference.predict_from_raw_data"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunetv2.utilities.file_path_utilities"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunet_bridge.checkpoint_files"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunet_bridge.config"): "cli-speed",  # omegaconf
+    ("nnunet_bridge.cli", "nnunet_bridge.input_check"): "cli-speed",  # numpy
+    ("nnunet_bridge.cli", "nnunet_bridge.demo.pipeline"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunet_bridge.distributed"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunet_bridge.export"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunet_bridge.plans"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunet_bridge.trainer"): "cli-speed",
+    ("nnunet_bridge.cli", "nnunet_bridge.training.divergence"): "cli-speed",
+    # light modules the CLI imports at start-up
+    ("nnunet_bridge.preflight", "nnunetv2.utilities.dataset_name_id_conversion"): "cli-speed",
+    ("nnunet_bridge.preflight", "nnunetv2.utilities.file_path_utilities"): "cli-speed",
+    ("nnunet_bridge.preflight", "segzoo"): "cli-speed",
+    ("nnunet_bridge.report.compare", "nnunetv2.utilities.dataset_name_id_conversion"): "cli-speed",
+    ("nnunet_bridge.report.compare", "nnunet_bridge.checkpoint_files"): "cli-speed",
+    ("nnunet_bridge.report.compare_report", "nnunet_bridge.report.compare_plot"): "cli-speed",
+    ("nnunet_bridge.trainer_lookup", "nnunetv2.utilities.find_objects"): "cli-speed",
+    ("nnunet_bridge.trainer_lookup", "nnunet_bridge.trainer"): "cycle",
+    # the demo
+    ("nnunet_bridge.demo.pipeline", "nnunetv2.experiment_planning.plan_and_preprocess_api"): "env",
+    ("nnunet_bridge.demo.pipeline", "nnunetv2.run.run_training"): "env",
+    ("nnunet_bridge.demo.pipeline", "nnunetv2.inference.predict_from_raw_data"): "env",
+    ("nnunet_bridge.demo.pipeline", "nnunetv2.utilities.file_path_utilities"): "env",
+    ("nnunet_bridge.demo.pipeline", "nnunet_bridge.demo.baseline"): "env",
+    # the deploy file needs numpy, scipy and onnxruntime only
+    ("nnunet_bridge.deploy.onnx_predict", "onnxruntime"): "optional",
+    ("nnunet_bridge.deploy.onnx_predict", "PIL"): "optional",
+    # plans.py belongs to another change: listed until it moves or justifies them
+    ("nnunet_bridge.plans", "nnunetv2.paths"): "pending",
+    ("nnunet_bridge.plans", "nnunetv2.utilities.dataset_name_id_conversion"): "pending",
+    ("nnunet_bridge.plans", "torch"): "pending",
+    ("nnunet_bridge.plans", "nnunet_bridge.network"): "pending",
+    # the zoo
+    ("segzoo.export", "onnxruntime"): "optional",
+    ("segzoo.models.segmenter", "segzoo.compat"): "pending",
+    ("segzoo.lora", "peft"): "pending",
+    ("segzoo._weights", "safetensors.torch"): "pending",
+    ("segzoo._weights", "timm.models"): "pending",
+    ("segzoo.backbones.mit", "transformers.utils.output_capturing"): "pending",
+    ("segzoo.backbones.vit", "inspect"): "pending",
+    ("segzoo.backbones.vit", "timm.models._registry"): "pending",
+    ("segzoo.backbones.vit", "timm.models.vision_transformer"): "pending",
+    ("segzoo.compile_check", "torch._dynamo.utils"): "pending",
+    ("segzoo.cli", "segzoo._factory"): "pending",
+    ("segzoo.cli", "segzoo.export"): "pending",
+    ("segzoo.cli", "segzoo.summary"): "pending",
 }
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _ours(target: str) -> bool:
+    return target.split(".")[0] in PACKAGES
+
+
+def _existing_module(target: str) -> str:
+    """``segzoo.lora.apply_lora`` -> ``segzoo.lora``: the longest prefix that is a module of ours."""
+    parts = target.split(".")
+    while parts:
+        candidate = ROOT.joinpath(*parts)
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+            return ".".join(parts)
+        parts.pop()
+    return target
+
+
 def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported segzoo module, inside a function?) for every import of a segzoo module in ``path``."""
+    """(imported module, inside a function?) for every import in ``path``."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree = ast.parse(path.read_text())
-    found = []
     functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     nested = {id(n) for f in functions for n in ast.walk(f)}
     # `if TYPE_CHECKING:` imports never run: no edge
     typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
                    and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
                    for n in ast.walk(block)}
+    found = []
     for node in ast.walk(tree):
         if id(node) in typing_only:
             continue
@@ -40,49 +120,46 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
             if node.level:
                 base = package.split(".")
                 base = base[: len(base) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
+                module = ".".join(base + ([node.module] if node.module else []))
             else:
-                target = node.module or ""
-            targets = [target] if node.module else [f"{target}.{alias.name}" for alias in node.names]
+                module = node.module or ""
+            # `from pkg import submodule` imports the submodule; `from pkg import name` the package
+            targets = [_existing_module(f"{module}.{alias.name}") if _ours(module) else module for alias in node.names]
         elif isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            targets = [_existing_module(alias.name) if _ours(alias.name) else alias.name for alias in node.names]
         else:
             continue
-        for target in targets:
-            if target.startswith("segzoo"):
-                found.append((_existing_module(target), id(node) in nested))
+        found += [(target, id(node) in nested) for target in dict.fromkeys(targets)]
     return found
 
 
-def _existing_module(target: str) -> str:
-    """``segzoo.lora.apply_lora`` -> ``segzoo.lora``: the longest prefix that is a module."""
-    parts = target.split(".")
-    while parts:
-        candidate = PACKAGE.parent.joinpath(*parts)
-        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
-            return ".".join(parts)
-        parts.pop()
-    return target
-
-
-def _graph() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+def _scan() -> tuple[dict[str, set[str]], set[tuple[str, str]]]:
+    """Import-time edges between our modules, and every (module, target) imported in a function."""
     edges: dict[str, set[str]] = {}
-    hidden = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        module = _module_name(path)
-        for target, in_function in _imports(path):
-            if target == module or target == "segzoo":
-                continue  # `from . import __version__`-style reads of the package itself
-            edges.setdefault(module, set()).add(target)
-            if in_function and (module, target) not in DEFERRED:
-                hidden.append((module, target))
-    return edges, hidden
+    deferred = set()
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = _module_name(path)
+            for target, in_function in _imports(path):
+                if in_function:
+                    deferred.add((module, target))
+                elif _ours(target) and target != module:
+                    edges.setdefault(module, set()).add(target)
+    # importing a.b.c runs a's and a.b's __init__ first, which may import further modules: a real edge
+    for module, targets in edges.items():
+        targets |= {".".join(t.split(".")[:i]) for t in list(targets) for i in range(1, t.count(".") + 1)}
+    # a module reading its own package (`from . import x` in a.b) is not a cycle through a's __init__
+    return {m: {t for t in ts if t != m and not m.startswith(t + ".")} for m, ts in edges.items()}, deferred
 
 
-def _parents(module: str) -> list[str]:
-    """``segzoo.a.b.c`` -> ``["segzoo.a", "segzoo.a.b"]``: the packages importing it runs first."""
-    parts = module.split(".")
-    return [".".join(parts[:i]) for i in range(2, len(parts))]
+def _reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo += edges.get(node, ())
+    return seen
 
 
 def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -107,17 +184,49 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_no_import_cycles_between_segzoo_modules():
-    edges, _ = _graph()
-    # importing segzoo.a.b runs segzoo.a's __init__ first, which may import further modules: a real edge
-    for module, targets in edges.items():
-        targets |= {parent for t in list(targets) for parent in _parents(t) if not module.startswith(parent + ".")
-                    and parent != module}
-    # a module reading its own package (`from . import x` in segzoo.a.b) is not a cycle through segzoo.a's __init__
-    edges = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in edges.items()}
-    assert _cycle(edges) is None, " -> ".join(_cycle(edges))
+def test_no_import_cycles_in_segzoo_or_the_bridge():
+    edges, _ = _scan()
+    assert edges.get("nnunet_bridge.cli") and edges.get("segzoo"), "the scan found no imports: wrong root?"
+    assert not any(t.startswith("nnunet_bridge") for m, ts in edges.items() if m.startswith("segzoo") for t in ts), \
+        "the zoo must not import the bridge"
+    cycle = _cycle(edges)
+    assert cycle is None, " -> ".join(cycle)
 
 
-def test_no_segzoo_import_is_hidden_in_a_function():
-    _, hidden = _graph()
-    assert hidden == [], f"imports inside functions (move them to the top or list why in DEFERRED): {hidden}"
+def test_every_import_in_a_function_is_listed_with_its_reason():
+    _, deferred = _scan()
+    unlisted = sorted(deferred - DEFERRED.keys())
+    assert not unlisted, ("imports inside functions: move them to the top of the module, or list them in "
+                          f"DEFERRED with one of {sorted(REASONS)}: {unlisted}")
+    # a justified entry whose import is gone is removed; a pending one may go while its module is reworked
+    stale = sorted(key for key in DEFERRED.keys() - deferred if DEFERRED[key] != "pending")
+    assert not stale, f"DEFERRED lists imports that are no longer in a function; remove them: {stale}"
+    assert set(DEFERRED.values()) <= REASONS
+
+
+def test_the_listed_reasons_hold():
+    edges, _ = _scan()
+    at_cli_start = _reachable(edges, "nnunet_bridge.cli")
+    for (module, target), reason in DEFERRED.items():
+        if reason == "cli-speed":  # only a module loaded when segzoo-nnunet starts has to stay light
+            assert module in at_cli_start, f"{module} is not imported when segzoo-nnunet starts: not cli-speed"
+        elif reason == "cycle":
+            assert module in _reachable(edges, target), f"{target} does not import {module}: no cycle"
+        elif reason == "pending":  # segzoo's, and a bridge file owned elsewhere; never a new bridge module
+            assert module.startswith("segzoo") or module in PENDING_BRIDGE_MODULES, (module, target)
+
+
+def test_light_imports_stay_light():
+    """What ``cli-speed``, ``env`` and the deploy file promise, checked in a fresh interpreter."""
+    heavy = "{'torch', 'nnunetv2', 'segzoo', 'numpy', 'omegaconf', 'onnxruntime', 'PIL'}"
+    code = (
+        "import sys\n"
+        "import nnunet_bridge.cli\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))\n"
+        "import nnunet_bridge.deploy.onnx_predict\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy}))\n"
+        "import nnunet_bridge.demo.pipeline\n"
+        "print('nnunetv2.configuration' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:3] == ["[]", "['numpy']", "False"], out
