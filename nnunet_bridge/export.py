@@ -1,6 +1,6 @@
 """Export a trained nnU-Net fold of a zoo model to ONNX, with what a deployer needs beside it.
 
-:mod:`nnunet_bridge.onnx_predict` runs the file as ``nnUNetv2_predict`` runs the fold.
+:mod:`nnunet_bridge.deploy.onnx_predict` runs the file as ``nnUNetv2_predict`` runs the fold.
 
 The graph is the network nnU-Net runs (:class:`~nnunet_bridge.network.ZooNetwork`): the
 backbone's mean/std applied to ``rgb_to_0_1`` / ``rescale_to_0_1`` channels, then the zoo
