@@ -141,8 +141,8 @@ def test_weights_table_covers_every_published_weight_set():
 def test_config_reference_lists_every_field_with_its_default_and_help():
     import dataclasses
 
-    from nnunet_bridge.config import DEFAULT_CONFIG_PATH, SegZooNNUNetConfig
-    from nnunet_bridge.docs_config import config_reference_rows, render_config_reference
+    from docs.config_reference import config_reference_rows, head_widths, render_config_reference
+    from nnunet_bridge.config import SegZooNNUNetConfig, default_config_yaml
 
     page = render_config_reference()
     rows = config_reference_rows()
@@ -154,12 +154,13 @@ def test_config_reference_lists_every_field_with_its_default_and_help():
     assert {r["key"] for r in rows} >= {"model.name", "lora.r", "train.initial_lr"}
     assert "| `lora.target_modules` | list of str | `[qkv]` |" in page
     assert "| `train.batch_size` | int or null | `null` |" in page
-    assert DEFAULT_CONFIG_PATH.read_text().strip() in page  # the shipped YAML, verbatim
+    assert default_config_yaml().strip() in page  # the defaults template, as generated
+    assert head_widths()["UperNet head"] == 512 and "UperNet head 512" in page  # read from create_upernet_head
 
 
 def test_config_reference_needs_no_nnunetv2():
     # the docs (and segzoo users without the bridge's extra) must build without nnU-Net
-    code = ("import sys; import nnunet_bridge.docs_config as d; d.render_config_reference(); "
+    code = ("import sys; import docs.config_reference as d; d.render_config_reference(); "
             "assert not any(m.startswith('nnunetv2') for m in sys.modules), 'nnunetv2 imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

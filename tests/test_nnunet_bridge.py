@@ -3,7 +3,9 @@ nnU-Net end to end runs are in test_nnunet_e2e.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+import segzoo
 from nnunet_bridge import EXT_TRAINER_DIR, ensure_ext_trainer_path
 from nnunet_bridge.config import ConfigError, load_config, resolved_initial_lr, zoo_model_name
 from nnunet_bridge.network import ZooNetwork, arch_kwargs_from_config
@@ -70,6 +73,59 @@ def test_bad_values_fail_early(bad, message):
 def test_missing_config_file_is_named():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent/my.yaml")
+
+
+def test_name_parts_are_read_from_the_registry_entry():
+    config = load_config({"model": {"name": "segformer_mit_b2.ade20k"}})
+    entry = segzoo.model_entry("segformer_mit_b2")
+    assert (config.model.head, config.model.backbone, config.model.backbone_size) == \
+        (entry.head.name, entry.backbone.family, entry.backbone.size) == ("segformer", "mit", "b2")
+
+
+def test_a_user_model_fills_only_what_its_entry_names():
+    # the registry is global: register in a fresh interpreter
+    code = (
+        "import segzoo\n"
+        "from nnunet_bridge.config import load_config, zoo_model_name\n"
+        "@segzoo.register_model(backbone='dinov2_small')\n"
+        "def my_net(pretrained=False, **kwargs): ...\n"
+        "@segzoo.register_model\n"
+        "def plain_net(pretrained=False, **kwargs): ...\n"
+        "for name in ('my_net', 'plain_net'):\n"
+        "    config = load_config({'model': {'name': name, 'head': 'upernet'}})\n"
+        "    print(zoo_model_name(config), config.model.head, config.model.backbone, config.model.backbone_size)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # no head spec: model.head stays as given; no backbone spec: the defaults stay
+    assert result.stdout.splitlines() == ["my_net upernet dinov2 small", "plain_net upernet dinov3 large"]
+
+
+PARTS = "model.head / backbone / backbone_size"
+
+
+@pytest.mark.parametrize("model, keys, closest", [
+    ({"head": "segformr"}, PARTS, "segformer_dinov3_large"),
+    ({"backbone": "dinov2", "backbone_size": "smal"}, PARTS, "segformer_dinov2_small"),
+    ({"name": "upernet_dinov2_smal"}, "model.name", "upernet_dinov2_small"),
+])
+def test_an_unregistered_model_is_an_error_naming_the_closest(model, keys, closest):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(keys)}: Unknown model .*Closest registered: {closest}"):
+        load_config({"model": model})
+
+
+def test_help_lists_the_registry_heads_and_backbones():
+    from segzoo.backbones import BACKBONES
+
+    from nnunet_bridge.config import ModelSection
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(ModelSection)}
+    assert helps["head"].split(" (")[0].split(" | ") == [h.name for h in segzoo.list_heads()]
+    families = helps["backbone"].removeprefix("backbone family: ").split(" | ")
+    assert families == list(dict.fromkeys(spec.family for spec in BACKBONES.values()))
+    assert all(f"{spec.family}: " in helps["backbone_size"] and spec.size in helps["backbone_size"]
+               for spec in BACKBONES.values())
+    assert not re.search(r"\b(256|512)\b", helps["decoder_hidden_size"])  # the heads own their widths
 
 
 # -- network ---------------------------------------------------------------------------
@@ -314,15 +370,18 @@ def test_head_defaults_apply_when_the_config_leaves_them_unset():
     assert network.model.decode_head.classifier.in_channels == 512  # UperNet's own width, not SegFormer's 256
 
 
-def test_shipped_yaml_and_dataclass_defaults_agree():
-    """Two places hold the defaults (the documented YAML, the typed dataclasses): they must not drift."""
+def test_shipped_yaml_is_the_generated_template_of_the_dataclass_defaults():
+    """The dataclasses hold the defaults; configs/default.yaml is generated from them, not edited."""
     from omegaconf import OmegaConf
 
-    from nnunet_bridge.config import DEFAULT_CONFIG_PATH, SegZooNNUNetConfig
+    from nnunet_bridge.config import DEFAULT_CONFIG_PATH, SegZooNNUNetConfig, config_to_dict, default_config_yaml
 
+    assert DEFAULT_CONFIG_PATH.read_text() == default_config_yaml(), (
+        "nnunet_bridge/configs/default.yaml is stale; regenerate it: python -c \"from nnunet_bridge.config import "
+        "default_config_yaml as d; print(d(), end='')\" > nnunet_bridge/configs/default.yaml")
     from_dataclasses = OmegaConf.to_container(OmegaConf.structured(SegZooNNUNetConfig))
-    from_yaml = OmegaConf.to_container(OmegaConf.load(DEFAULT_CONFIG_PATH))
-    assert from_yaml == from_dataclasses
+    assert OmegaConf.to_container(OmegaConf.load(DEFAULT_CONFIG_PATH)) == from_dataclasses
+    assert config_to_dict(load_config(DEFAULT_CONFIG_PATH)) == config_to_dict(load_config())  # a usable template
 
 
 # -- trainer lookup --------------------------------------------------------------------

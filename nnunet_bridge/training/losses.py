@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+import segzoo
+
 from ..config import ConfigError
 from .base import ZooTrainerBase
 
@@ -15,21 +17,30 @@ __all__ = ["SetPredictionLoss"]
 
 class SetPredictionLoss(ZooTrainerBase):
     """``DC_and_CE_loss`` for per-pixel heads (the fair comparison with nnU-Net's U-Net); the
-    model's own ``compute_loss`` for set-prediction heads (Mask2Former, EoMT), which cannot leave
-    out an ignore label and so refuse datasets that have one."""
+    model's own ``compute_loss`` for set-prediction heads (``HeadSpec.set_prediction`` in the
+    registry: Mask2Former, EoMT), which cannot leave out an ignore label and so refuse datasets
+    that have one."""
 
     def _build_loss(self):
         per_pixel_loss = super()._build_loss()  # DC_and_CE_loss (deep supervision is off)
         model = self.bare_network().model
-        if hasattr(model, "compute_loss"):
+        name = self.segzoo_arch["model_name"]
+        if _predicts_sets(name, model):
             if self.label_manager.has_ignore_label:
+                per_pixel = ", ".join(f"{h.name}_*" for h in segzoo.list_heads() if not h.set_prediction)
                 raise ConfigError(
-                    f"{type(model).__name__} {getattr(model, 'model_name', '')} trains with its own set-prediction "
-                    f"loss, which cannot leave out the dataset's ignore label ({self.label_manager.ignore_label}); "
-                    "train a per-pixel head (segformer_*, upernet_* or dpt_*) on this dataset, or drop the ignore label"
+                    f"{name} trains with its own set-prediction loss, which cannot leave out the dataset's ignore "
+                    f"label ({self.label_manager.ignore_label}); train a per-pixel head ({per_pixel}) on this "
+                    "dataset, or drop the ignore label"
                 )
             return _ModelOwnLoss(model, per_pixel_loss)
         return per_pixel_loss
+
+
+def _predicts_sets(name: str, model: nn.Module) -> bool:
+    """The registry's answer; a model registered without a head spec answers for itself."""
+    head = segzoo.model_entry(name).head
+    return head.set_prediction if head is not None else hasattr(model, "compute_loss")
 
 
 class _ModelOwnLoss:
