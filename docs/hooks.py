@@ -17,7 +17,7 @@ from mkdocs.structure.files import File, Files
 
 ROOT = str(Path(__file__).resolve().parents[1])
 GENERATED = {
-    "models.md": "segzoo.docs_gen:render_model_table",
+    "models.md": "docs.registry_tables:render_model_table",
     "config.md": "docs.config_reference:render_config_reference",
 }
 MARKER = re.compile(r"^<!-- generated: ([\w.]+:\w+) -->$", re.M)

@@ -22,14 +22,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
-from segzoo.lora import NO_LORA_ON_MIT
-from segzoo.models import supports_lora
+import segzoo
 
 from .config import ConfigError, config_to_dict, load_config, zoo_model_name
 from .files import write_atomic
-from .network import arch_kwargs_from_config
+from .network import arch_kwargs_from_config, create_zoo_model
 
 __all__ = [
     "NETWORK_CLASS_NAME",
@@ -60,6 +60,7 @@ def configuration_name_for(config: DictConfig) -> str:
 
 def plans_path(dataset: str | int, plans_identifier: str = "nnUNetPlans") -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_Name/<plans_identifier>.json``."""
+    # nnU-Net reads its folders from the environment when first imported: not before this call
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -88,9 +89,10 @@ def plan(
     name = configuration_name or configuration_name_for(config)
     if "__" in name:
         raise ConfigError(f"configuration name {name!r} must not contain '__' (nnU-Net splits folder names on it)")
-    if config.lora.enabled and not supports_lora(zoo_model_name(config)):
-        raise ConfigError(f"lora.enabled is true, but {zoo_model_name(config)} takes no LoRA: {NO_LORA_ON_MIT}. "
-                          "Set lora.enabled: false in your YAML")
+    entry = segzoo.model_entry(zoo_model_name(config))
+    if config.lora.enabled and entry.supports_lora is False:
+        raise ConfigError(f"lora.enabled is true, but {entry.name} takes no LoRA: "
+                          f"{entry.backbone.backbone_class.lora_refusal}. Set lora.enabled: false in your YAML")
     if config.lora.enabled and not config.model.pretrained and not config.model.checkpoint_path:
         # LoRA freezes the backbone: without weights that would train adapters on a random network
         raise ConfigError(
@@ -206,10 +208,6 @@ def _check_model_builds(arch_kwargs: dict[str, Any], in_chans: int) -> None:
     """Build the planned model on the meta device (no memory, no weights, well under a second)
     so that a key the model, its head or timm's ViT does not take is refused now, with the zoo's
     "did you mean", instead of when training starts (or, as timm's bare TypeError, never named)."""
-    import torch
-
-    from .network import create_zoo_model
-
     try:
         with torch.device("meta"):
             create_zoo_model(arch_kwargs["model_name"], in_chans, 2, arch_kwargs["model_kwargs"])
@@ -247,22 +245,21 @@ def _input_normalization(config: DictConfig, base: dict[str, Any]) -> str:
 
 
 def _patch_multiple(config: DictConfig, model_name: str) -> int:
-    import segzoo
-
     backbone_kwargs = dict(config.model.kwargs.get("backbone_kwargs", {}) or {})
     if "patch_size" in backbone_kwargs:
         return int(backbone_kwargs["patch_size"])
-    cfg = segzoo.get_pretrained_cfg(model_name, allow_missing=True)
-    if cfg is None:
+    spec = segzoo.model_entry(model_name).backbone
+    if spec is None:
         raise ConfigError(f"cannot tell the patch size of {model_name!r}; set model.kwargs.backbone_kwargs.patch_size")
-    return int(cfg.patch_size)
+    return int(spec.patch_size)
 
 
 def _default_batch_size(model_name: str, patch_size: list[int], patch: int, base: dict[str, Any]) -> int:
     """Scale the ViT-L reference (8 images of 1024 tokens) by token count and backbone size,
     never above nnU-Net's 2d batch (which caps it at 5% of the dataset), never below 2."""
     tokens = (patch_size[0] // patch) * (patch_size[1] // patch)
-    size = model_name.split(".")[0].rsplit("_", 1)[-1]
+    entry = segzoo.model_entry(model_name)
+    size = entry.backbone.size if entry.backbone is not None else ""
     by_memory = int(_REFERENCE_TOKENS_X_BATCH * _SIZE_FACTOR.get(size, 1.0) / max(tokens, 1))
     return max(2, min(by_memory, int(base["batch_size"])))
 

@@ -127,6 +127,6 @@ def _plan_command(dataset: str | int, configuration: str, plans_identifier: str)
 
     plans_option = "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"
     model = configuration[3:] if configuration.startswith("2d_") else ""
-    if model and segzoo.is_model(model.split(".")[0]):
+    if model and segzoo.is_model(model):
         return f"segzoo-nnunet plan {dataset} --model {model}{plans_option}"
     return f"segzoo-nnunet plan {dataset} --config YOUR.yaml --name {configuration}{plans_option}"

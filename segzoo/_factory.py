@@ -20,23 +20,19 @@ from ._hub import (
     read_saved_config,
     resolve_saved_file,
 )
-from .backbones import ViTBackbone, get_backbone_spec, published_weights_source
-from .backbones.mit import MiTBackbone
-from .models import supports_lora
-from .models.segformer_mit import load_segformer_weights
+from .backbones.specs import get_backbone_spec, published_weights_source
 from .description import ModelDescription, WeightsRecord
-from ._registry import get_pretrained_cfg, is_model, model_entrypoint, split_model_name_tag
-from ._weights import CheckpointError, LoadReport, load_backbone_checkpoint, load_state_dict_strict
+from ._registry import is_model, resolve_model_name, split_model_name_tag
+from ._weights import CheckpointError, LoadReport, load_state_dict_strict
 from .lora import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_WEIGHTS_NAME,
-    NO_LORA_ON_MIT,
     apply_lora,
     load_lora_adapter,
     read_adapter_config,
 )
 
-__all__ = ["ADAPTER_FOLDER_OVERRIDES", "create_model", "load_backbone_weights", "load_pretrained"]
+__all__ = ["ADAPTER_FOLDER_OVERRIDES", "create_model", "load_backbone_weights", "load_saved_model"]
 
 # create_model options an adapter folder's rebuild can take: none changes a weight's shape
 ADAPTER_FOLDER_OVERRIDES = ("drop_path_rate", "freeze_backbone", "grad_checkpointing")
@@ -91,19 +87,19 @@ def create_model(
             overrides["num_classes"] = num_classes
         if in_chans != 3:
             overrides["in_chans"] = in_chans
-        return load_pretrained(model_name, **overrides)
-    arch, tag = split_model_name_tag(model_name)
-    entrypoint = model_entrypoint(arch)  # unknown name -> error naming the closest names
-    if tag:
-        get_pretrained_cfg(model_name)  # unknown tag -> error listing the model's tags
+        return load_saved_model(model_name, **overrides)
+    # the one lookup: unknown names and tags raise here, naming the closest ones, before any work
+    asked_tag = split_model_name_tag(model_name)[1] or kwargs.pop("pretrained_tag", None)
+    entry, cfg = resolve_model_name(model_name, asked_tag)
     if checkpoint_path is not None:  # absolute: what adapter folders record must resolve from any directory
         kwargs["checkpoint_path"] = os.path.abspath(os.path.expanduser(os.fspath(checkpoint_path)))
     lora = kwargs.pop("lora", None)
-    if lora is not None and lora is not False and not supports_lora(arch):
-        raise ValueError(f"{arch} takes no lora: {NO_LORA_ON_MIT}")  # before building or downloading anything
-    model = entrypoint(
-        pretrained=pretrained, pretrained_tag=tag or None, num_classes=num_classes, in_chans=in_chans, **kwargs
-    )
+    if lora is not None and lora is not False and entry.supports_lora is False:
+        # before building or downloading anything
+        raise ValueError(f"{entry.name} takes no lora: {entry.backbone.backbone_class.lora_refusal}")
+    model = entry.entrypoint(pretrained=pretrained, pretrained_cfg=cfg, num_classes=num_classes, in_chans=in_chans,
+                             **kwargs)
+    arch, tag = entry.name, asked_tag or ""
     # what rebuilds the architecture, and (apart from it) where the weights came from
     rebuild = {k: v for k, v in kwargs.items() if k not in ("checkpoint_path", "checkpoint_format")}
     rebuild = dict(num_classes=num_classes, in_chans=in_chans, **rebuild, **({"pretrained_tag": tag} if tag else {}))
@@ -115,7 +111,7 @@ def create_model(
     return model
 
 
-def load_pretrained(name_or_path: str | os.PathLike, verbose: bool = True, **overrides: Any) -> nn.Module:
+def load_saved_model(name_or_path: str | os.PathLike, verbose: bool = True, **overrides: Any) -> nn.Module:
     """Rebuild a saved model from a local folder or ``"hf-hub:org/name[@revision]"`` and load it strictly.
 
     A folder from :func:`segzoo.save_pretrained` rebuilds the registered architecture from
@@ -166,34 +162,23 @@ def load_backbone_weights(
     keep their values. Every load is checked and reported as in :func:`create_model`.
     """
     backbone = getattr(model, "backbone", None)
-    if isinstance(backbone, MiTBackbone):  # transformers SegFormer files; fine-tuned tags hold the head too
-        report = load_segformer_weights(model, checkpoint_path, verbose=verbose)
-    elif isinstance(backbone, ViTBackbone):
-        report = _load_vit_weights(model, backbone, checkpoint_path, checkpoint_format, verbose)
-    else:
+    if not callable(getattr(backbone, "load_checkpoint", None)):
         raise TypeError(f"load_backbone_weights expects a zoo model (a Segmenter), got {type(model).__name__}")
+    if checkpoint_path is None:  # the published file of the model's weight set
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        if not cfg.get("backbone"):
+            raise ValueError("this model's backbone is no registered backbone, so it has no published weights: "
+                             "pass checkpoint_path=... (a local file)")
+        source = published_weights_source(get_backbone_spec(cfg["backbone"]), cfg.get("tag"))
+        checkpoint_path = download_backbone_weights(source)
+        checkpoint_format = checkpoint_format or source.checkpoint_format
+    report = backbone.load_checkpoint(model, os.fspath(checkpoint_path), checkpoint_format, verbose=verbose)
     if getattr(model, "description", None) is not None:  # an adapter-only save now records this base
         local = os.path.abspath(os.fspath(checkpoint_path)) if checkpoint_path is not None else None
         model.description.weights = WeightsRecord(
             pretrained=local is None, checkpoint_path=local,
             hf_hub_id=model.pretrained_cfg.get("hf_hub_id") if local is None else None)
     return report
-
-
-def _load_vit_weights(model: nn.Module, backbone: ViTBackbone, checkpoint_path: str | os.PathLike | None,
-                      checkpoint_format: str | None, verbose: bool) -> LoadReport:
-    if checkpoint_path is None:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        spec_name = cfg.get("backbone") or (backbone.spec.name if backbone.spec is not None else None)
-        if spec_name is None:
-            raise ValueError("this model's backbone is no registered backbone, so it has no published weights: "
-                             "pass checkpoint_path=... (a local file)")
-        spec = get_backbone_spec(spec_name)
-        source = published_weights_source(spec, cfg.get("tag"))
-        checkpoint_path = download_backbone_weights(source)
-        checkpoint_format = checkpoint_format or source.checkpoint_format
-    return load_backbone_checkpoint(backbone, os.fspath(checkpoint_path), checkpoint_format=checkpoint_format,
-                                    verbose=verbose)
 
 
 def _load_adapter_folder(folder: Path, overrides: dict[str, Any]) -> nn.Module:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import nn
 
 from ._version import __version__
 from ._weights import CheckpointError
+from ._registry import is_model, model_entry
 from .lora import has_lora, save_lora_adapter
 
 if TYPE_CHECKING:
@@ -244,30 +244,40 @@ def _model_config(model: nn.Module) -> dict[str, Any]:
 
 
 def _model_card(config: dict[str, Any]) -> str:
+    """The model card: Hub metadata from the registry entry and the weights' own record (licence id,
+    name and link; base model; tags), then what the model is and how to load it."""
     cfg = config["pretrained_cfg"]
+    entry = model_entry(config["architecture"]) if is_model(config["architecture"]) else None
+    spec = entry.backbone if entry is not None else None
+    head = entry.head if entry is not None else None
     licence = cfg.get("license") or "unknown"
-    hf_license = licence if licence in ("apache-2.0", "mit", "cc-by-nc-4.0", "cc-by-4.0") else "other"
-    backbone = cfg.get("backbone", "?")
-    family = backbone.split("_")[0]
+    licence_meta = {"license": licence}
+    if licence == "other" or licence == "unknown":  # the Hub wants a name and a link to the terms
+        licence_meta = dict(license="other", license_name=cfg.get("license_name") or "unknown",
+                            license_link=cfg.get("license_link") or None)
     tag = config["model_kwargs"].get("pretrained_tag")
-    header = ["---", "library_name: segzoo", "pipeline_tag: image-segmentation", f"license: {hf_license}"]
-    if hf_license == "other":  # the Hub wants a slug here; the full terms go in the table below
-        header.append(f"license_name: {licence if re.fullmatch(r'[a-z0-9-]+', licence) else family + '-license'}")
-    header += ["tags:", "- segzoo", "- semantic-segmentation", f"- {family}", "---", ""]
+    base_model = (config.get("weights") or {}).get("hf_hub_id")  # set when built on the published file
+    tags = ["segzoo", "semantic-segmentation", *(t for t in (head and head.name, spec and spec.family) if t)]
+    data = huggingface_hub.ModelCardData(library_name="segzoo", pipeline_tag="image-segmentation", tags=tags,
+                                         base_model=base_model, **licence_meta)
+    what = (f"the {head.title} over {spec.title} ({head.summary})" if head is not None and spec is not None
+            else "a semantic-segmentation model")
+    licence_line = _licence_line(cfg)
+    encoder = f"timm `{cfg['timm_arch']}`" if cfg.get("timm_arch") else "transformers' encoder"
     body = [
         f"# {config['architecture']}",
         "",
-        f"A semantic-segmentation model saved by segzoo {config['segzoo_version']}: a ViT foundation backbone, "
-        "a multi-scale neck and a decode head, mapping (B, in_chans, H, W) images to (B, classes, H, W) logits.",
+        f"Saved by segzoo {config['segzoo_version']}: {what}, mapping (B, in_chans, H, W) images to "
+        "(B, classes, H, W) logits.",
         "",
         "| | |",
         "|---|---|",
         f"| architecture | `{config['architecture']}` |",
-        f"| backbone | `{backbone}` (timm `{cfg.get('timm_arch', '?')}`{f', weights `{tag}`' if tag else ''}) |",
+        f"| backbone | `{cfg.get('backbone', '?')}` ({encoder}{f', weights `{tag}`' if tag else ''}) |",
         f"| classes | {config['num_classes']} |",
         f"| input channels | {config['in_chans']} |",
         f"| input normalisation | mean {cfg.get('mean')}, std {cfg.get('std')} |",
-        f"| base weights licence | {licence} |",
+        f"| base weights licence | {licence_line} |",
         f"| base weights source | {cfg.get('source', '')} |",
         "",
         "The fine-tuned weights inherit the terms of the base weights' licence.",
@@ -278,4 +288,12 @@ def _model_card(config: dict[str, Any]) -> str:
         "```",
         "",
     ]
-    return "\n".join(header + body)
+    return str(huggingface_hub.ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
+
+
+def _licence_line(cfg: dict[str, Any]) -> str:
+    licence = cfg.get("license") or "unknown"
+    if licence != "other":
+        return licence
+    name, link = cfg.get("license_name") or "other", cfg.get("license_link")
+    return f"[{name}]({link})" if link else name

@@ -37,7 +37,10 @@ class PretrainedCfg:
     weights_scope: str = "backbone"  # "backbone", "encoder" or "full" (the whole model, fine-tuned)
     num_classes: int | None = None  # classes of a "full" checkpoint
     source: str = ""
+    # the Hub's licence metadata: an SPDX-style id, or "other" with a name and a link to the terms
     license: str = ""
+    license_name: str = ""
+    license_link: str = ""
     gated: bool = False
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
@@ -48,6 +51,13 @@ class PretrainedCfg:
     def name(self) -> str:
         """``architecture.tag`` as ``create_model`` takes it."""
         return f"{self.architecture}.{self.tag}" if self.tag else self.architecture
+
+    @property
+    def license_text(self) -> str:
+        """The licence as people read it: the id, or for ``other`` its name and link."""
+        if self.license != "other":
+            return self.license
+        return f"{self.license_name} ({self.license_link})" if self.license_link else self.license_name
 
     def for_model(self, architecture: str) -> "PretrainedCfg":
         """The same weights registered under a model name."""

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors.torch import load_file
+from timm.models import adapt_input_conv, clean_state_dict, eva, vision_transformer
 from torch import nn
 
 __all__ = [
@@ -105,8 +107,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist (checkpoint_path=...)")
     if _is_safetensors(path):
-        from safetensors.torch import load_file
-
         try:
             return dict(load_file(str(path), device="cpu"))
         except Exception as err:  # safetensors raises its own error types for bad headers/short files
@@ -290,15 +290,14 @@ def _resolve_format(checkpoint_format: str | None, raw: Mapping[str, Any]) -> st
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """The tensor dict inside the usual training-checkpoint containers, without a DDP ``module.`` prefix."""
+    """The tensor dict inside the usual training-checkpoint containers, without the ``module.`` (DDP)
+    and ``_orig_mod.`` (torch.compile) prefixes, which timm's ``clean_state_dict`` removes."""
     state = dict(checkpoint)
     for key in ("model_ema", "model", "module", "state_dict"):
         if isinstance(checkpoint.get(key), Mapping):
             state = dict(checkpoint[key])
             break
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
+    return clean_state_dict(state)
 
 
 def _to_timm_layout(raw: dict[str, Any], fmt: str, model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -357,8 +356,6 @@ def _drop_dinov3_training_keys(state: dict[str, Any], model: nn.Module, dropped:
 
 
 def _timm_filter(model: nn.Module):
-    from timm.models import eva, vision_transformer
-
     if isinstance(model, eva.Eva):
         return eva.checkpoint_filter_fn
     if isinstance(model, vision_transformer.VisionTransformer):
@@ -371,8 +368,6 @@ def _adapt_input_channels(state: dict[str, torch.Tensor], model: nn.Module, repo
     weight = state.get(key)
     target = model.patch_embed.proj.weight
     if weight is not None and weight.ndim == 4 and weight.shape[1] != target.shape[1] and weight.shape[1] == 3:
-        from timm.models import adapt_input_conv
-
         state[key] = adapt_input_conv(target.shape[1], weight)
         report.adapted.append(f"{key} 3 -> {target.shape[1]} channels")
     return state

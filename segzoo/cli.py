@@ -1,34 +1,32 @@
-"""``segzoo`` command: list, inspect and benchmark the zoo's models.
+"""``segzoo`` command: list, inspect and export the zoo's models.
 
     segzoo list [PATTERN] [--pretrained]
     segzoo info NAME [--num-classes K]
-    segzoo bench NAME [...]       (arguments after NAME go to benchmarks/bench_models.py)
     segzoo export NAME|FOLDER --onnx OUT.onnx [--img-size 512] [--dynamic-size]
+
+``--help``, ``--version`` and ``list`` read the registry only (no torch, timm or peft import);
+``info`` and ``export`` import what builds a model when they run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import runpy
 import sys
-from pathlib import Path
 
-from ._factory import create_model
-from ._version import __version__
 from ._registry import UnknownModelError, list_models, model_entrypoint
-from .export import export_onnx
-from .summary import model_summary
+from ._version import __version__
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"] and {"-h", "--help"} & set(argv[1:]):
-        # the benchmark's own options are what a user asking for help here needs
-        print("usage: segzoo bench NAME [options of benchmarks/bench_models.py below; --models is NAME]\n")
-        return _run_bench_script(["--help"])
+    if argv[:1] == ["bench"]:  # a repository script, not part of an installed package
+        print("segzoo: `segzoo bench` was removed: the benchmarks live in a source checkout; run "
+              f"`python benchmarks/bench_models.py --models {argv[1] if len(argv) > 1 else 'NAME'}` there "
+              "(or `make bench`)", file=sys.stderr)
+        return 2
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -49,6 +47,8 @@ def _list(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     model_entrypoint(args.name)  # close-match error before any work
+    from .summary import model_summary  # builds a model: torch and timm, for this command only
+
     summary = model_summary(args.name, args.num_classes)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -73,25 +73,10 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    model_entrypoint(args.name)
-    return _run_bench_script(["--models", args.name, *args.bench_args])
-
-
-def _run_bench_script(script_args: list[str]) -> int:
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py"
-    if not script.exists():
-        print(f"segzoo: benchmark script not found at {script} (it ships with a source checkout)", file=sys.stderr)
-        return 1
-    sys.argv = [str(script), *script_args]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exit_:  # argparse's --help and errors end the script this way
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
-
-
 def _export(args: argparse.Namespace) -> int:
+    from ._factory import create_model  # torch, timm and the exporter, for this command only
+    from .export import export_onnx
+
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     model = create_model(args.name, **kwargs)
     img_size = None  # --img-size H [W]: one side for a square
@@ -118,12 +103,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=2, help="classes for the parameter count (default 2)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
-
-    p = commands.add_parser("bench", help="time the model against its backbone alone (benchmarks/bench_models.py; "
-                                          "`segzoo bench --help` lists its options)")
-    p.add_argument("name")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed on, e.g. --img-size 256 --batch 1")
-    p.set_defaults(func=_bench)
 
     p = commands.add_parser("export", help="write a model as ONNX, checked against eager with ONNX Runtime")
     p.add_argument("name", help="a saved model (folder or hf-hub:org/name), or a registered name (random weights)")

@@ -1,14 +1,19 @@
-"""Compatibility names (docs/compatibility.md), kept as thin aliases over :func:`segzoo.create_model`."""
+"""Compatibility names of the SegFormer-in-nnU-Net fork segzoo replaces (docs/compatibility.md),
+in one place: thin aliases over :func:`segzoo.create_model` and :mod:`segzoo.lora`. New code
+should use the segzoo names; these stay so existing scripts keep working.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 from torch import nn
 
 from ._factory import create_model
+from .lora import apply_lora, has_lora, merge_lora
 
-__all__ = ["create_segformer_model"]
+__all__ = ["create_segformer_model", "disable_lora", "enable_lora"]
 
 
 def create_segformer_model(
@@ -45,3 +50,24 @@ def create_segformer_model(
         freeze_backbone=freeze_backbone,
         **kwargs,
     )
+
+
+def enable_lora(model: nn.Module, rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.05,
+                target_modules: Sequence[str] | None = None, verbose: bool = True) -> None:
+    """``model.enable_lora(rank=8, lora_alpha=16.0, lora_dropout=0.05, target_modules=None)`` (compatibility
+    name): :func:`segzoo.lora.apply_lora` (default target ``qkv``), then the trainable-parameter
+    table unless ``verbose=False``."""
+    apply_lora(model, r=rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
+    if verbose:
+        print(f"LoRA enabled with rank={rank}, alpha={lora_alpha}")
+        model.print_trainable_parameters(detailed=True)
+
+
+def disable_lora(model: nn.Module) -> None:
+    """``model.disable_lora()`` (compatibility name): :func:`segzoo.lora.merge_lora`, folding the
+    adapters into the backbone. On a model without LoRA it warns (the original printed a
+    notice) instead of raising, so scripts that call it unconditionally keep working."""
+    if not has_lora(model):
+        warnings.warn("disable_lora(): LoRA is not enabled on this model, nothing to merge", stacklevel=3)
+        return
+    merge_lora(model)

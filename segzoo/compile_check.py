@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from .compilation import _check_compilable, regional_parts
 
@@ -121,8 +122,6 @@ def compile_counting(model: nn.Module, backend: str | CompilerFn = "inductor", *
 def dynamo_counts() -> dict[str, int]:
     """Dynamo's own process-wide counters, summed: frames compiled (and succeeded), graphs,
     graph breaks. Compare two snapshots to see what a step added."""
-    from torch._dynamo.utils import counters
-
     return {
         "frames": counters["frames"]["total"], "frames_ok": counters["frames"]["ok"],
         "graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),

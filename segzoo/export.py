@@ -18,8 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones.mit import MiTBackbone
-
 __all__ = ["check_onnx", "export_module_onnx", "export_onnx"]
 
 _TOLERANCE = 1e-4  # fp32: ONNX Runtime vs eager, max abs difference of the logits
@@ -38,12 +36,13 @@ def export_onnx(
         model: a zoo model (exported in eval mode; its mode is restored afterwards).
         img_size: the traced input size, ``512`` or ``(H, W)``; default: the size the model
             was built for (``create_model(..., img_size=...)``). Required otherwise.
-        dynamic_size: H and W dynamic in the file (MiT only; the ViT families export one size).
+        dynamic_size: H and W dynamic in the file, for backbones that allow it (MiT; the ViT
+            families export one size).
         check: run the file with ONNX Runtime on a random input of two batch sizes and
             raise if the logits differ from eager by more than 1e-4.
     """
     size = _export_size(model, img_size)
-    if dynamic_size and not isinstance(getattr(model, "backbone", None), MiTBackbone):
+    if dynamic_size and not getattr(getattr(model, "backbone", None), "dynamic_export", False):
         raise ValueError(
             "dynamic_size=True: only segformer_mit_* models export with dynamic height and width; the ViT families "
             "fix their position-embedding (or RoPE) grid when traced, so export one file per size (img_size=...)"

@@ -24,14 +24,12 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import SegformerModel
 
 from ._weights import is_lora_adapter_key, plain_state_key
 from .description import ModelDescription
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
-    "NO_LORA_ON_MIT",
     "ADAPTER_WEIGHTS_NAME",
     "apply_lora",
     "base_weights_sha256",
@@ -47,10 +45,6 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 _FORMAT = "segzoo-lora-adapter"
 _DEFAULT_TARGETS = ("qkv",)
-NO_LORA_ON_MIT = (
-    "LoRA in segzoo adapts the ViT families' blocks (DINOv3, DINOv2, RETFound, VisionFM); segformer_mit_* models "
-    "fine-tune fully, or with freeze_backbone=True to train only the head"
-)
 
 
 def apply_lora(
@@ -249,8 +243,8 @@ def _peft_layers(module: nn.Module) -> list[tuple[str, nn.Module]]:
 def _timm_model(model: nn.Module) -> nn.Module:
     backbone = getattr(model, "backbone", None)
     timm_model = getattr(backbone, "model", None)
-    if isinstance(timm_model, SegformerModel):  # MiT: transformers' encoder, not a timm ViT
-        raise ValueError(NO_LORA_ON_MIT)
+    if backbone is not None and not getattr(backbone, "supports_lora", True):  # e.g. MiT: not timm's blocks
+        raise ValueError(backbone.lora_refusal)
     if not isinstance(timm_model, nn.Module) or not hasattr(timm_model, "blocks"):
         raise TypeError(
             f"expected a segzoo model (with .backbone.model a timm ViT), got {type(model).__name__}; "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import segzoo
-from segzoo.docs_gen import render_model_table
+from docs.registry_tables import render_model_table
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -125,7 +125,7 @@ def test_a_stale_prints_comment_fails(tmp_path):
 
 
 def test_weights_table_covers_every_published_weight_set():
-    from segzoo.docs_gen import render_weights_table
+    from docs.registry_tables import render_weights_table
 
     table = render_weights_table()
     for name in segzoo.list_models(pretrained=True):

@@ -114,12 +114,12 @@ def test_integer_like_counts_are_accepted_and_floats_are_named(tiny):
     ("mask2former_dinov3_base", "num_querie", "num_queries"),
 ])
 def test_an_unknown_keyword_is_named_with_the_closest_before_anything_is_built(tiny, monkeypatch, name, typo, meant):
-    import segzoo.models._builder as builder
+    import segzoo.backbones.vit as vit
 
     def must_not_build(*args, **kwargs):
         raise AssertionError("the backbone was built before the keywords were checked")
 
-    monkeypatch.setattr(builder, "create_vit_backbone", must_not_build)
+    monkeypatch.setattr(vit, "create_backbone", must_not_build)
     with pytest.raises(TypeError, match=rf"create_model\('{name}'\) got unknown keyword argument '{typo}' "
                                         rf"\(did you mean '{meant}'\?\); {name} accepts: .*\b{meant}\b"):
         segzoo.create_model(name, pretrained=True, **{typo: 1}, **tiny)  # no download is attempted either

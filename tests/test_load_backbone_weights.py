@@ -92,13 +92,11 @@ def test_offline_without_a_cached_file_says_what_to_do(tiny, tmp_path, monkeypat
 def test_a_mit_model_loads_a_transformers_segformer_file(tmp_path):
     from transformers import SegformerForSemanticSegmentation
 
-    from segzoo.backbones.mit import mit_segformer_config
+    from tests.tiny_models import segformer_reference_config
 
-    config = mit_segformer_config("b0", 2, backbone_kwargs=TINY_MIT["backbone_kwargs"],
-                                  decoder_hidden_size=TINY_MIT["decoder_hidden_size"])
-    source = SegformerForSemanticSegmentation(config).eval()
-    source.save_pretrained(tmp_path / "segformer")
     model = segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT).eval()
+    source = SegformerForSemanticSegmentation(segformer_reference_config(model)).eval()
+    source.save_pretrained(tmp_path / "segformer")
     report = segzoo.load_backbone_weights(model, checkpoint_path=tmp_path / "segformer")
     assert not report.missing and not report.unexpected
     x = torch.randn(1, 3, 64, 64)

@@ -362,7 +362,7 @@ def test_onnx_runtime_predictor_reproduces_nnunetv2_predict(nn_env, exported_fol
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0",
           "-tr", "nnUNetTrainerSegZoo", "-npp", "1", "-nps", "1", "-device", "cpu"], dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
     ours = tmp_path / "onnx"
-    out = run([sys.executable, "-m", "nnunet_bridge.onnx_predict", str(exported_fold["onnx"]), "-i", str(images),
+    out = run([sys.executable, "-m", "nnunet_bridge.deploy.onnx_predict", str(exported_fold["onnx"]), "-i", str(images),
                 "-o", str(ours)], env)
     assert "[3/3]" in out
     for index, size in enumerate((150, 97, 41)):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+import huggingface_hub
 import pytest
 import torch
 from torch import nn
 
 import segzoo
 
-from tests.tiny_models import tiny_kwargs
+from segzoo.description import WeightsRecord
+from tests.tiny_models import TINY_MIT, tiny_kwargs
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, in_chans: int = 3) -> None:
@@ -88,9 +90,44 @@ def test_whole_model_file_as_backbone_checkpoint_points_to_create_model(tiny, tm
         segzoo.create_model("segformer_dinov2_small", num_classes=3, checkpoint_path=tmp_path / "model.safetensors", **tiny)
 
 
-def test_model_card_licence_metadata_is_a_hub_slug(tiny, tmp_path):
-    model = segzoo.create_model("segformer_visionfm_base.fundus", num_classes=2,
-                                **tiny_kwargs("segformer_visionfm_base"))
-    card = (segzoo.save_pretrained(model, tmp_path) / "README.md").read_text()
-    assert "license: other\nlicense_name: visionfm-license\n" in card
-    assert "| base weights licence | see https://github.com/ABILab-CUHK/VisionFM (research use) |" in card
+# one model per backbone family, and the licence its card must state (id, name, link), from the publishers' terms
+_FAMILY_LICENCES = {
+    "segformer_dinov3_small": ("other", "dinov3-license", "https://ai.meta.com/resources/models-and-libraries/dinov3-license/"),
+    "segformer_dinov2_small": ("apache-2.0", None, None),
+    "segformer_dinov2_reg4_small": ("apache-2.0", None, None),
+    "segformer_retfound_large": ("cc-by-nc-4.0", None, None),
+    "segformer_retfound_dinov2_large": ("cc-by-nc-4.0", None, None),
+    "segformer_visionfm_base": ("other", "visionfm-research-use", "https://github.com/ABILab-CUHK/VisionFM"),
+    "segformer_mit_b0": ("other", "nvidia-segformer-license", "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"),
+}
+
+
+def test_every_family_is_in_the_licence_table():
+    families = {segzoo.model_entry(name).backbone.family for name in _FAMILY_LICENCES}
+    assert families == {spec.family for spec in segzoo.backbones.BACKBONES.values()}
+
+
+@pytest.mark.parametrize("name", sorted(_FAMILY_LICENCES))
+def test_model_card_states_the_base_weights_licence(name, tmp_path):
+    """Read back with huggingface_hub as the Hub reads it: the licence metadata, the tags and the text."""
+    kwargs = dict(TINY_MIT) if "mit" in name else tiny_kwargs(name)
+    model = segzoo.create_model(name, num_classes=2, **kwargs)
+    card = huggingface_hub.ModelCard.load(segzoo.save_pretrained(model, tmp_path) / "README.md")
+    licence, licence_name, link = _FAMILY_LICENCES[name]
+    assert (card.data.license, card.data.license_name, card.data.license_link) == (licence, licence_name, link)
+    entry = segzoo.model_entry(name)
+    assert card.data.library_name == "segzoo" and card.data.pipeline_tag == "image-segmentation"
+    assert card.data.tags == ["segzoo", "semantic-segmentation", "segformer", entry.backbone.family]
+    assert entry.backbone.title in card.text
+    assert f"| base weights licence | {f'[{licence_name}]({link})' if link else licence} |" in card.text
+    assert card.data.base_model is None  # a random-init backbone has no base model
+    if entry.backbone.kind == "mit":  # NVIDIA's non-commercial terms, never the MIT licence; no ViT
+        assert "license: mit\n" not in str(card) and "ViT" not in card.text and "timm" not in card.text
+
+
+def test_model_card_names_the_published_weights_as_base_model(tiny, tmp_path):
+    model = segzoo.create_model("segformer_dinov2_small", num_classes=2, **tiny)
+    model.description.weights = WeightsRecord(pretrained=True, checkpoint_path=None,
+                                              hf_hub_id="timm/vit_small_patch14_dinov2.lvd142m")
+    card = huggingface_hub.ModelCard.load(segzoo.save_pretrained(model, tmp_path) / "README.md")
+    assert card.data.base_model == "timm/vit_small_patch14_dinov2.lvd142m"

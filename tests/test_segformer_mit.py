@@ -6,14 +6,14 @@ import torch.nn.functional as F
 from transformers import SegformerForImageClassification, SegformerForSemanticSegmentation, SegformerModel
 
 import segzoo
-from segzoo.models.segformer_mit import load_transformers_segformer
+from segzoo.backbones.mit_weights import load_transformers_segformer
 
-from tests.tiny_models import TINY_MIT, TINY_VIT
+from tests.tiny_models import TINY_MIT, TINY_VIT, segformer_reference_config
 
 
 def _reference(model):
     """transformers' SegformerForSemanticSegmentation with the zoo model's configuration, fresh weights."""
-    return SegformerForSemanticSegmentation(model.backbone.model.config).eval()
+    return SegformerForSemanticSegmentation(segformer_reference_config(model)).eval()
 
 
 def _upsampled_reference_logits(reference, x):
@@ -191,7 +191,8 @@ def test_full_size_configs_on_meta():
         config = model.backbone.model.config
         assert model.decode_head.classifier.out_channels == 3
         if name[-2:] in expected:
-            architecture = (list(config.hidden_sizes), list(config.depths), config.decoder_hidden_size)
+            width = model.decode_head.config.decoder_hidden_size
+            architecture = (list(config.hidden_sizes), list(config.depths), width)
             assert architecture == expected[name[-2:]]
     assert segzoo.list_models("segformer_mit_*") == [f"segformer_mit_b{i}" for i in range(6)]
 

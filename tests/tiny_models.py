@@ -48,3 +48,14 @@ def tiny_vit(model_name: str) -> dict:
 def tiny_kwargs(model_name: str) -> dict:
     """Tiny create_model kwargs (backbone and decoder width) for any ViT zoo model."""
     return dict(backbone_kwargs=tiny_vit(model_name), decoder_hidden_size=TINY_WIDTH)
+
+
+def segformer_reference_config(model):
+    """transformers' SegformerConfig of a segformer_mit_* model: its encoder's config with its head's
+    width, dropout and classes, for a SegformerForSemanticSegmentation reference."""
+    from transformers import SegformerConfig
+
+    head = model.decode_head.config
+    fields = {**model.backbone.model.config.to_dict(), "num_labels": model.num_classes,
+              "decoder_hidden_size": head.decoder_hidden_size, "classifier_dropout_prob": head.classifier_dropout_prob}
+    return SegformerConfig(**fields)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
 import timm
 import torch
 from timm.models._manipulate import checkpoint
+from timm.models import model_entrypoint as timm_model_entrypoint
 from timm.models.eva import Eva
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .._hub import download_backbone_weights
-from .._pretrained import PretrainedCfg
 from .._validation import did_you_mean, one_weights_source
-from .._weights import load_backbone_checkpoint
-from .specs import BackboneSpec, default_feature_indices
+from .._weights import LoadReport, load_backbone_checkpoint
+from .specs import BackboneSpec, default_feature_indices, published_weights_source
 
-__all__ = ["ViTBackbone", "check_backbone_kwargs", "create_vit_backbone", "published_weights_source"]
+__all__ = ["BACKBONE_CLASS", "ViTBackbone", "check_backbone_kwargs", "create_backbone", "create_vit_backbone",
+           "published_weights_source"]
 
 # timm ViT arguments that create_vit_backbone sets itself, and the create_model keyword that sets each
 _SET_BY_CREATE_MODEL = {"in_chans": "in_chans", "num_classes": "num_classes", "drop_path_rate": "drop_path_rate",
@@ -35,6 +38,13 @@ class ViTBackbone(nn.Module):
     :meth:`embed_tokens` and :meth:`run_block` are the two halves of ``forward_intermediates``
     for a decoder that runs the blocks itself.
     """
+
+    # what differs between backbone kinds, asked by the segmenter, LoRA, export and the builder
+    supports_lora = True  # peft adapts timm's attention and MLP linears
+    lora_refusal = ""
+    dynamic_export = False  # position embeddings are resampled for one size when exporting
+    default_neck = "pyramid"  # four same-stride maps need a neck to become a pyramid
+    neck_choices: tuple[str, ...] | None = None  # any neck
 
     def __init__(self, model: nn.Module, feature_indices: Sequence[int], spec: BackboneSpec | None = None,
                  keep_norm: bool = False):
@@ -104,6 +114,16 @@ class ViTBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
+    def build_facts(self) -> dict[str, Any]:
+        """What this build settled, recorded in ``model.pretrained_cfg``."""
+        return dict(timm_arch=self.spec.timm_arch if self.spec else None, patch_size=self.patch_size,
+                    feature_indices=list(self.feature_indices), in_chans=self.in_chans)
+
+    def load_checkpoint(self, model: nn.Module, checkpoint: str | Path, checkpoint_format: str | None = None,
+                        verbose: bool = True) -> LoadReport:
+        """Load a published backbone file into this backbone (``model``, the segmenter, is not touched)."""
+        return load_backbone_checkpoint(self, checkpoint, checkpoint_format=checkpoint_format, verbose=verbose)
+
     def repeated_blocks(self) -> list[nn.Module]:
         """The transformer blocks, one compiled graph serves them all (see :mod:`segzoo.compilation`)."""
         return list(self.model.blocks)
@@ -117,6 +137,78 @@ class ViTBackbone(nn.Module):
         self.model.prune_intermediate_layers(indices=self._unique_indices, prune_norm=not self.keep_norm,
                                              prune_head=True)
         assert len(self.model.blocks) == last + 1
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer groups on this module's parameter names: ``stem`` (what feeds the first
+        block: patch embedding, tokens, position embeddings, RoPE), then one group per block
+        (LoRA adapters inside a block match with it). A kept final norm is left unmatched, so it
+        joins whatever comes after the blocks. ``coarse`` changes nothing: a block already is
+        the coarse unit, as in timm's ViTs."""
+        return dict(
+            stem=r"^model\.(?:patch_embed|pos_embed|cls_token|reg_token|mask_token|dist_token|rope)(?:\.|$)",
+            blocks=[(r"^model\.blocks\.(\d+)\.", None)],
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        """Position embeddings and tokens that exist as parameters, on this module's names:
+        timm's own list, plus the register and mask tokens it leaves out."""
+        names = set(self.model.no_weight_decay()) | {"reg_token", "mask_token"}
+        params = dict(self.model.named_parameters())
+        return {f"model.{name}" for name in names if name in params}
+
+
+def create_backbone(
+    spec: BackboneSpec,
+    in_chans: int = 3,
+    feature_indices: Sequence[int] | None = None,
+    drop_path_rate: float | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    img_size: tuple[int, int] | None = None,
+    keep_norm: bool = False,
+) -> ViTBackbone:
+    """Build the timm ViT of ``spec`` and wrap (and prune) it; weights load afterwards
+    (:meth:`ViTBackbone.load_checkpoint`), so the unused final norm and late blocks are never
+    materialised twice.
+
+    ``backbone_kwargs`` go to :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64,
+    num_heads=2`` for a tiny test model). ``img_size`` fixes the input size (a multiple of
+    the patch size): position embeddings are resampled once at build time instead of at
+    every call, which is what ``torch.compile`` needs; ``None`` keeps timm's
+    ``dynamic_img_size``. ``keep_norm`` keeps (and loads) the ViT's final norm.
+    """
+    check_backbone_kwargs(spec, backbone_kwargs)
+    if not spec.layer_scale and "init_values" in (backbone_kwargs or {}):
+        # timm would add LayerScale parameters that no checkpoint of this family has
+        raise ValueError(
+            f"{spec.name}'s ViT ({spec.timm_arch}) has no LayerScale, so backbone_kwargs init_values="
+            f"{backbone_kwargs['init_values']!r} would change its architecture; remove init_values"
+        )
+    kwargs: dict[str, Any] = dict(spec.timm_kwargs)
+    kwargs.update(backbone_kwargs or {})
+    depth = int(kwargs.get("depth", spec.depth))
+    indices = list(feature_indices) if feature_indices is not None else (
+        spec.feature_indices if depth == spec.depth else default_feature_indices(depth)
+    )
+    if img_size is not None:
+        kwargs["img_size"] = tuple(img_size)
+    try:
+        model = timm.create_model(
+            spec.timm_arch,
+            pretrained=False,
+            num_classes=0,
+            in_chans=in_chans,
+            dynamic_img_size=img_size is None,
+            drop_path_rate=drop_path_rate or 0.0,
+            **kwargs,
+        )
+    except AssertionError as err:  # timm checks shapes with bare asserts
+        raise ValueError(
+            f"timm cannot build {spec.timm_arch} with backbone_kwargs={backbone_kwargs} "
+            f"({type(err).__name__}{': ' + str(err) if str(err) else ''}). The giant models' SwiGLU MLP needs "
+            "int(embed_dim * mlp_ratio) to be even (e.g. embed_dim=96, num_heads=2); embed_dim must be "
+            "divisible by num_heads"
+        ) from err
+    return ViTBackbone(model, indices, spec, keep_norm=keep_norm)
 
 
 def create_vit_backbone(
@@ -132,59 +224,15 @@ def create_vit_backbone(
     checkpoint_format: str | None = None,
     keep_norm: bool = False,
 ) -> ViTBackbone:
-    """Build the timm ViT of ``spec``, wrap (and prune) it, then load its weights.
-
-    ``backbone_kwargs`` go to :func:`timm.create_model` (e.g. ``depth=2, embed_dim=64,
-    num_heads=2`` for a tiny test model). ``pretrained`` downloads the tag's weights from
-    the Hub (timm's ungated copies, or the original file of a gated repo such as
-    RETFound's); ``checkpoint_path`` loads a local file in its original layout. Both go
-    through :func:`segzoo._weights.load_backbone_checkpoint`, which prints a load report
-    and refuses partial loads. Weights load after pruning, so the unused final norm and
-    late blocks are never materialised twice.
-    ``img_size`` fixes the input size (a multiple of the patch size): position
-    embeddings are resampled once at build time instead of at every call, which is
-    what ``torch.compile`` needs; ``None`` keeps timm's ``dynamic_img_size``.
-    ``keep_norm`` keeps (and loads) the ViT's final norm.
-    """
+    """:func:`create_backbone`, then the weights: ``pretrained`` downloads the tag's published
+    file, ``checkpoint_path`` loads a local one in its original layout (both with a load report)."""
     one_weights_source(pretrained, checkpoint_path)
-    check_backbone_kwargs(spec, backbone_kwargs)
-    if not spec.layer_scale and "init_values" in (backbone_kwargs or {}):
-        # timm would add LayerScale parameters that no checkpoint of this family has
-        raise ValueError(
-            f"{spec.name}'s ViT ({spec.timm_arch}) has no LayerScale, so backbone_kwargs init_values="
-            f"{backbone_kwargs['init_values']!r} would change its architecture; remove init_values"
-        )
-    kwargs: dict[str, Any] = dict(spec.timm_kwargs)
-    kwargs.update(backbone_kwargs or {})
-    depth = int(kwargs.get("depth", spec.depth))
-    indices = list(feature_indices) if feature_indices is not None else (
-        spec.feature_indices if depth == spec.depth else default_feature_indices(depth)
-    )
     source = published_weights_source(spec, pretrained_tag) if pretrained else None
-    if img_size is not None:
-        kwargs["img_size"] = tuple(img_size)
-    try:
-        model = timm.create_model(
-            spec.timm_arch,
-            pretrained=False,
-            num_classes=0,
-            in_chans=in_chans,
-            dynamic_img_size=img_size is None,
-            drop_path_rate=drop_path_rate,
-            **kwargs,
-        )
-    except AssertionError as err:  # timm checks shapes with bare asserts
-        raise ValueError(
-            f"timm cannot build {spec.timm_arch} with backbone_kwargs={backbone_kwargs} "
-            f"({type(err).__name__}{': ' + str(err) if str(err) else ''}). The giant models' SwiGLU MLP needs "
-            "int(embed_dim * mlp_ratio) to be even (e.g. embed_dim=96, num_heads=2); embed_dim must be "
-            "divisible by num_heads"
-        ) from err
-    backbone = ViTBackbone(model, indices, spec, keep_norm=keep_norm)
-    if source is not None or checkpoint_path is not None:
-        if source is not None:
-            checkpoint_path = download_backbone_weights(source)
-            checkpoint_format = checkpoint_format or source.checkpoint_format
+    backbone = create_backbone(spec, in_chans, feature_indices, drop_path_rate, backbone_kwargs, img_size, keep_norm)
+    if source is not None:
+        checkpoint_path = download_backbone_weights(source)
+        checkpoint_format = checkpoint_format or source.checkpoint_format
+    if checkpoint_path is not None:
         load_backbone_checkpoint(backbone, checkpoint_path, checkpoint_format=checkpoint_format)
     return backbone
 
@@ -210,17 +258,12 @@ def check_backbone_kwargs(spec: BackboneSpec, backbone_kwargs: dict[str, Any] | 
 
 def _timm_class(timm_arch: str) -> type[nn.Module] | None:
     """The timm model class behind ``timm_arch`` (its entry point's module: eva -> Eva, else VisionTransformer)."""
-    from timm.models._registry import model_entrypoint
-    from timm.models.vision_transformer import VisionTransformer
-
-    module = model_entrypoint(timm_arch).__module__
+    module = timm_model_entrypoint(timm_arch).__module__
     return {"timm.models.eva": Eva, "timm.models.vision_transformer": VisionTransformer}.get(module)
 
 
 def _timm_arguments(timm_arch: str) -> list[str] | None:
     """The keyword arguments of the timm class's ``__init__`` that users may set (None: unknown class)."""
-    import inspect
-
     cls = _timm_class(timm_arch)
     if cls is None:
         return None
@@ -230,14 +273,4 @@ def _timm_arguments(timm_arch: str) -> list[str] | None:
     return [p.name for p in params if p.name != "self" and p.name not in _SET_BY_CREATE_MODEL]
 
 
-def published_weights_source(spec: BackboneSpec, tag: str | None = None) -> PretrainedCfg:
-    """The published weights of ``spec`` called ``tag`` (default: its first), if they can be downloaded."""
-    source = next((w for w in spec.weights if w.tag == tag), None) if tag else (spec.weights[0] if spec.weights else None)
-    if source is None:
-        raise ValueError(f"{spec.name} has no published weights registered{f' for tag {tag!r}' if tag else ''}")
-    if source.hf_hub_id is None:
-        raise ValueError(
-            f"{spec.name} weights {source.tag!r} are not on the Hugging Face Hub; download them from "
-            f"{source.source} and pass checkpoint_path=... (pretrained=False)"
-        )
-    return source
+BACKBONE_CLASS = ViTBackbone

@@ -1,107 +1,24 @@
-"""SegFormer decode head on ViT foundation backbones: ``segformer_{family}_{size}``."""
+"""SegFormer decode head over every backbone: ``segformer_{backbone}``.
+
+Over a ViT the four same-stride maps go through the pyramid neck first; over MiT
+(``segformer_mit_b*``), the original SegFormer, the encoder's own strides 4-32 feed the head
+directly and NVIDIA's published transformers files load whole.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._registry import register_model, register_pretrained_cfgs
-from ..backbones import BACKBONES
+from .._registry import ModelEntry
 from ..heads import create_segformer_head
-from ._builder import build_segmenter, pretrained_cfgs_for
+from ._builder import build_segmenter
 from .segmenter import Segmenter
 
-__all__: list[str] = []  # register_model appends the factory names
+__all__ = ["build"]
 
 
-def _create_segformer(variant: str, backbone: str, pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """Head options: ``decoder_hidden_size`` (default 256), ``dropout`` (default 0.1)."""
-    return build_segmenter(variant, backbone, create_segformer_head, pretrained=pretrained, **kwargs)
-
-
-register_pretrained_cfgs(
-    cfg for spec in BACKBONES.values() for cfg in pretrained_cfgs_for(f"segformer_{spec.name}", spec)
-)
-
-
-@register_model
-def segformer_dinov3_small(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv3 ViT-S/16."""
-    return _create_segformer("segformer_dinov3_small", "dinov3_small", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov3_base(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv3 ViT-B/16."""
-    return _create_segformer("segformer_dinov3_base", "dinov3_base", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov3_large(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv3 ViT-L/16."""
-    return _create_segformer("segformer_dinov3_large", "dinov3_large", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_small(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-S/14."""
-    return _create_segformer("segformer_dinov2_small", "dinov2_small", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_base(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-B/14."""
-    return _create_segformer("segformer_dinov2_base", "dinov2_base", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_large(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-L/14."""
-    return _create_segformer("segformer_dinov2_large", "dinov2_large", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_giant(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-g/14."""
-    return _create_segformer("segformer_dinov2_giant", "dinov2_giant", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_reg4_small(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-S/14 with 4 registers."""
-    return _create_segformer("segformer_dinov2_reg4_small", "dinov2_reg4_small", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_reg4_base(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-B/14 with 4 registers."""
-    return _create_segformer("segformer_dinov2_reg4_base", "dinov2_reg4_base", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_reg4_large(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-L/14 with 4 registers."""
-    return _create_segformer("segformer_dinov2_reg4_large", "dinov2_reg4_large", pretrained, **kwargs)
-
-
-@register_model
-def segformer_dinov2_reg4_giant(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on DINOv2 ViT-g/14 with 4 registers."""
-    return _create_segformer("segformer_dinov2_reg4_giant", "dinov2_reg4_giant", pretrained, **kwargs)
-
-
-@register_model
-def segformer_retfound_large(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on RETFound ViT-L/16 (MAE; colour-fundus and OCT weights)."""
-    return _create_segformer("segformer_retfound_large", "retfound_large", pretrained, **kwargs)
-
-
-@register_model
-def segformer_retfound_dinov2_large(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on RETFound ViT-L/14 (DINOv2 objective)."""
-    return _create_segformer("segformer_retfound_dinov2_large", "retfound_dinov2_large", pretrained, **kwargs)
-
-
-@register_model
-def segformer_visionfm_base(pretrained: bool = False, **kwargs: Any) -> Segmenter:
-    """SegFormer head on VisionFM ViT-B/16 (ophthalmic modalities)."""
-    return _create_segformer("segformer_visionfm_base", "visionfm_base", pretrained, **kwargs)
+def build(entry: ModelEntry, pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """Head options: ``decoder_hidden_size``, ``dropout`` (see :func:`segzoo.heads.create_segformer_head`;
+    MiT-b2..b5 default to the 768-wide head their published weights have). ``num_classes``
+    defaults to a fine-tuned tag's (150 for ``ade20k``, 19 for ``cityscapes``)."""
+    return build_segmenter(entry, entry.backbone, create_segformer_head, pretrained=pretrained, **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from itertools import chain
 from typing import Any, Sequence
 
@@ -12,7 +11,8 @@ from torch import nn
 
 from ..description import ModelDescription
 from .._validation import positive_int
-from ..optim import embedding_param_names, encoder_group_matcher
+from .. import compat
+from ..optim import prefix_group_matcher
 
 __all__ = ["Segmenter"]
 
@@ -148,16 +148,17 @@ class Segmenter(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """timm's layer groups, on full parameter names (for ``timm.optim.create_optimizer_v2(model,
-        layer_decay=...)``): ``stem`` (patch embedding, tokens, position embeddings) first, then
-        one group per ViT block or MiT stage; the neck and head, unmatched, form the last
-        group. ``coarse`` changes nothing: a block (a stage for MiT) already is the coarse
-        unit, as for timm's ViTs. The same layers as :func:`segzoo.optim.param_groups`."""
-        return encoder_group_matcher()
+        layer_decay=...)``): the backbone's own ``group_matcher`` under ``backbone.``, i.e.
+        ``stem`` (patch embedding, tokens, position embeddings) first, then one group per ViT
+        block or MiT stage; the neck and head, unmatched, form the last group. ``coarse``
+        changes nothing: a block (a stage for MiT) already is the coarse unit, as for timm's
+        ViTs. The same layers as :func:`segzoo.optim.param_groups`."""
+        return prefix_group_matcher(self.backbone.group_matcher(coarse=coarse), "backbone.")
 
     def no_weight_decay(self) -> set[str]:
         """Full names of the position embeddings and tokens (timm's name); timm's
         optimizer factory also exempts every 1-D tensor (norms, biases)."""
-        return embedding_param_names(self)
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
 
     # -- fine-tuning switches ------------------------------------------------------------
 
@@ -182,35 +183,14 @@ class Segmenter(nn.Module):
         """Recompute backbone activations in the backward pass (timm's switch): less memory, more time."""
         self.backbone.set_grad_checkpointing(enable)
 
-    def enable_lora(
-        self,
-        rank: int = 8,
-        lora_alpha: float = 16.0,
-        lora_dropout: float = 0.05,
-        target_modules: Sequence[str] | None = None,
-        verbose: bool = True,
-    ) -> None:
-        """Compatibility name of :func:`segzoo.lora.apply_lora` (peft LoRA on the backbone,
-        default target ``qkv``); prints the trainable-parameter table unless ``verbose=False``."""
-        from ..lora import apply_lora  # peft is imported only when LoRA is used
-
-        apply_lora(self, r=rank, alpha=lora_alpha, dropout=lora_dropout, target_modules=target_modules)
-        if verbose:
-            print(f"LoRA enabled with rank={rank}, alpha={lora_alpha}")
-            self.print_trainable_parameters(detailed=True)
+    def enable_lora(self, rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.05,
+                    target_modules: Sequence[str] | None = None, verbose: bool = True) -> None:
+        """Compatibility name: :func:`segzoo.compat.enable_lora` (``segzoo.lora.apply_lora``)."""
+        compat.enable_lora(self, rank, lora_alpha, lora_dropout, target_modules, verbose)
 
     def disable_lora(self) -> None:
-        """Compatibility name of :func:`segzoo.lora.merge_lora`: fold the adapters into the backbone.
-
-        On a model without LoRA it warns (the original printed a notice) instead of raising,
-        so scripts that call it unconditionally keep working; ``merge_lora`` raises.
-        """
-        from ..lora import has_lora, merge_lora
-
-        if not has_lora(self):
-            warnings.warn("disable_lora(): LoRA is not enabled on this model, nothing to merge", stacklevel=2)
-            return
-        merge_lora(self)
+        """Compatibility name: :func:`segzoo.compat.disable_lora` (``segzoo.lora.merge_lora``)."""
+        compat.disable_lora(self)
 
     # -- reporting -----------------------------------------------------------------------
 

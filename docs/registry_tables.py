@@ -1,11 +1,16 @@
-"""Documentation generated from the registry (used by docs/hooks.py and tests)."""
+"""Documentation tables generated from the registry's entries (used by docs/hooks.py and the tests).
+
+Every column is a field of an entry, its backbone spec or a pretrained config; nothing is cut
+out of a model name.
+"""
 
 from __future__ import annotations
 
 import re
 
-from ._registry import get_pretrained_cfg, list_models
-from .summary import model_summary
+from segzoo import BackboneSpec, list_models, model_entry
+from segzoo.backbones import BACKBONES
+from segzoo.summary import model_summary
 
 __all__ = ["model_table_rows", "render_model_table", "render_weights_table", "weights_table_rows"]
 
@@ -15,14 +20,12 @@ def model_table_rows() -> list[dict]:
     rows = []
     for name in list_models():
         summary = model_summary(name, num_classes=2)
-        backbone = summary["backbone"] or ""
-        family, _, size = backbone.rpartition("_")
         rows.append(
             {
                 "name": name,
                 "head": summary["head"],
-                "family": family,
-                "size": size,
+                "family": summary["family"],
+                "size": summary["size"],
                 "patch_size": summary["patch_size"],
                 "params_m": summary["params"]["total"] / 1e6,
                 "tags": summary["pretrained_tags"],
@@ -53,34 +56,32 @@ def render_model_table() -> str:
 
 
 def weights_table_rows() -> list[dict]:
-    """One row per published backbone weight set (backbone x tag), from the registry's pretrained configs.
+    """One row per published backbone weight set (backbone spec x tag); every head over a backbone shares them."""
+    rows = []
+    for spec in BACKBONES.values():
+        example = _example_model(spec)
+        for index, cfg in enumerate(spec.weights):
+            rows.append({
+                "default": index == 0,
+                "family": spec.family,
+                "size": spec.size,
+                "tag": cfg.tag,
+                "model": f"{example}.{cfg.tag}",
+                "hf_hub_id": cfg.hf_hub_id,
+                "hf_hub_filename": cfg.hf_hub_filename or ("model.safetensors" if cfg.hf_hub_id else None),
+                "gated": cfg.gated,
+                "timm_copy": bool(cfg.timm_tag),
+                "checkpoint_format": cfg.checkpoint_format,
+                "license": cfg.license_text,
+                "source": cfg.source,
+                "notes": cfg.notes,
+            })
+    return sorted(rows, key=lambda r: (r["family"], _SIZE_ORDER.get(r["size"], 9), r["size"], not r["default"]))
 
-    Every decoder over a backbone shares its weights, so rows are deduplicated by backbone and tag.
-    """
-    rows: dict[tuple[str, str], dict] = {}
-    for name in list_models(pretrained=True):
-        cfg = get_pretrained_cfg(name)
-        backbone = cfg.backbone
-        if (backbone, cfg.tag) in rows:
-            continue
-        family, _, size = backbone.rpartition("_")
-        arch = name.partition(".")[0]
-        rows[(backbone, cfg.tag)] = {
-            "default": get_pretrained_cfg(arch).tag == cfg.tag,
-            "family": family,
-            "size": size,
-            "tag": cfg.tag,
-            "model": name,
-            "hf_hub_id": cfg.hf_hub_id,
-            "hf_hub_filename": cfg.hf_hub_filename or ("model.safetensors" if cfg.hf_hub_id else None),
-            "gated": cfg.gated,
-            "timm_copy": bool(cfg.timm_tag),
-            "checkpoint_format": cfg.checkpoint_format,
-            "license": cfg.license,
-            "source": cfg.source,
-            "notes": cfg.notes,
-        }
-    return sorted(rows.values(), key=lambda r: (r["family"], _SIZE_ORDER.get(r["size"], 9), r["size"], not r["default"]))
+
+def _example_model(spec: BackboneSpec) -> str:
+    """The first registered model over ``spec`` (SegFormer's, the head every kind takes)."""
+    return next(name for name in list_models() if model_entry(name).backbone == spec)
 
 
 def render_weights_table() -> str:
