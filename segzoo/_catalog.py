@@ -1,10 +1,10 @@
 """The zoo's heads as data, and the registry entries they make over every backbone spec.
 
-A head row names the model file that builds it, the backbone kinds it decodes, the
-segmenter class its outputs need and whether it predicts sets (a Hungarian loss) or pixels.
+A head row names its factory (in ``segzoo/heads/``), the backbone kinds it decodes, the
+segmenter class its outputs need, and whether it predicts sets (a Hungarian loss) or pixels.
 Every head goes over every backbone spec of a kind it takes, as ``{head}_{backbone}``: adding
-a backbone is one spec (``segzoo/backbones/specs.py``), adding a head one model file and one
-row here. Nothing here imports torch: the model file is imported when a model is built.
+a backbone is one spec (``segzoo/backbones/specs.py``), adding a head one head file and one
+row here. Nothing here imports torch: the head's file is imported when a model is built.
 """
 
 from __future__ import annotations
@@ -21,30 +21,50 @@ __all__ = ["HEADS", "HeadSpec", "get_head", "list_heads"]
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One decoder of the zoo."""
+    """One decoder of the zoo.
+
+    ``factory`` and ``segmenter`` are ``"module:name"`` paths, imported when a model is built.
+    ``fixed`` are build options the head decides itself, each with why (users cannot set them).
+    """
 
     name: str  # the name prefix: "segformer"
-    title: str  # "SegFormer all-MLP decode head"
-    module: str  # the model file that builds it: a ``build(entry, pretrained, **kwargs)`` function
+    title: str  # "SegFormer head"
+    factory: str  # (in_channels, num_classes, **options) -> the head module
     backbone_kinds: tuple[str, ...] = ("vit",)
     set_prediction: bool = False  # (class, mask) pairs trained with a Hungarian loss, not per-pixel logits
-    summary: str = ""  # one sentence for model cards and docs
+    segmenter: str = "segzoo.models.segmenter:Segmenter"
+    default_neck: str | None = None  # None: the backbone's
+    fixed: tuple[tuple[str, Any, str], ...] = ()  # (option, value, why)
+    summary: str = ""  # one phrase for model cards and docs
 
-    def builder(self) -> Callable[..., Any]:
-        return importlib.import_module(self.module).build
+    def head_factory(self) -> Callable[..., Any]:
+        return _load(self.factory)
+
+    def segmenter_class(self) -> type:
+        return _load(self.segmenter)
+
+
+def _load(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 HEADS: tuple[HeadSpec, ...] = (
-    HeadSpec("segformer", "SegFormer head", "segzoo.models.segformer", ("vit", "mit"),
-             summary="SegFormer's all-MLP decode head (Xie et al. 2021) fuses four feature maps"),
-    HeadSpec("upernet", "UperNet head", "segzoo.models.upernet",
-             summary="UperNet (pyramid pooling and an FPN, Xiao et al. 2018) decodes four feature maps"),
-    HeadSpec("dpt", "DPT head", "segzoo.models.dpt",
-             summary="DPT's reassemble and fusion blocks (Ranftl et al. 2021) decode four ViT levels"),
-    HeadSpec("mask2former", "Mask2Former head", "segzoo.models.mask2former", set_prediction=True,
-             summary="Mask2Former's masked-attention transformer decoder (Cheng et al. 2022) predicts class-mask pairs"),
-    HeadSpec("eomt", "EoMT", "segzoo.models.eomt", set_prediction=True,
-             summary="EoMT (Kerssies et al. 2025) runs mask queries through the ViT's last blocks, no decoder"),
+    HeadSpec("segformer", "SegFormer head", "segzoo.heads.segformer:create_segformer_head", ("vit", "mit"),
+             summary="SegFormer's all-MLP decode head (Xie et al. 2021) fusing four feature maps"),
+    HeadSpec("upernet", "UperNet head", "segzoo.heads.upernet:create_upernet_head",
+             summary="UperNet's pyramid pooling and FPN (Xiao et al. 2018) over four feature maps"),
+    HeadSpec("dpt", "DPT head", "segzoo.heads.dpt:create_dpt_head", default_neck="dpt",
+             summary="DPT's reassemble and fusion blocks (Ranftl et al. 2021) over four ViT levels"),
+    HeadSpec("mask2former", "Mask2Former head", "segzoo.heads.mask2former:create_mask2former_head",
+             set_prediction=True, segmenter="segzoo.models.mask_classification:MaskClassificationSegmenter",
+             summary="Mask2Former's masked-attention decoder (Cheng et al. 2022) predicting class-mask pairs"),
+    HeadSpec("eomt", "EoMT", "segzoo.heads.eomt:create_eomt_head", set_prediction=True,
+             segmenter="segzoo.models.eomt_segmenter:EomtSegmenter",
+             fixed=(("neck", "none", "it reads the ViT's tokens directly"),
+                    ("feature_indices", None, "it reads the last block, with the queries in the last num_blocks"),
+                    ("keep_backbone_norm", True, "it reads the last block through the ViT's final norm")),
+             summary="EoMT's mask queries (Kerssies et al. 2025) running through the ViT's last blocks, no decoder"),
 )
 _HEADS_BY_NAME = {head.name: head for head in HEADS}
 
@@ -62,10 +82,12 @@ def list_heads() -> list[HeadSpec]:
 
 def _entrypoint(name: str, head: HeadSpec, spec: BackboneSpec) -> Callable[..., Any]:
     def factory(pretrained: bool = False, **kwargs: Any) -> Any:
-        return head.builder()(_ENTRIES[name], pretrained=pretrained, **kwargs)
+        from .models._builder import build_entry  # torch: only when a model is built
+
+        return build_entry(_ENTRIES[name], pretrained=pretrained, **kwargs)
 
     factory.__name__ = factory.__qualname__ = name
-    factory.__module__ = head.module
+    factory.__module__ = __name__
     factory.__doc__ = f"{head.title} on {spec.title}."
     return factory
 
@@ -77,8 +99,8 @@ def _register_catalog() -> dict[str, ModelEntry]:
             if spec.kind not in head.backbone_kinds:
                 continue
             name = f"{head.name}_{spec.name}"
-            entry = ModelEntry(name, _entrypoint(name, head, spec), head.module.rsplit(".", 1)[-1], head=head,
-                               backbone=spec, pretrained_cfgs={cfg.tag: cfg.for_model(name) for cfg in spec.weights})
+            entry = ModelEntry(name, _entrypoint(name, head, spec), head.name, head=head, backbone=spec,
+                               pretrained_cfgs={cfg.tag: cfg.for_model(name) for cfg in spec.weights})
             entries[name] = register_entry(entry)
     return entries
 

@@ -68,6 +68,8 @@ DEFERRED = {
     # the zoo
     ("segzoo.export", "onnxruntime"): "optional",
     ("segzoo.lora", "peft"): "on-use",
+    # the registry is plain data; a model's entry point imports the builder (torch) when it builds one
+    ("segzoo._catalog", "segzoo.models._builder"): "on-use",
     # transformers releases before the module return hidden states without capturing hooks
     ("segzoo.backbones.mit", "transformers.utils.output_capturing"): "optional",
     # `segzoo --help`, `--version` and `list` read the registry only

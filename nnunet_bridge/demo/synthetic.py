@@ -85,16 +85,17 @@ def write_fundus_dataset(
         Image.fromarray(image).save(folder / f"images{split}" / f"{case}_0000.png")
         Image.fromarray(label).save(folder / f"labels{split}" / f"{case}.png")
     channel_names = {str(c): "rgb_to_0_1" for c in range(3)} if channels == 3 else {"0": "green"}
-    dataset_json = {
-        "channel_names": channel_names,
-        "labels": LABELS,
-        "numTraining": num_train,
-        "file_ending": ".png",
-        "name": name,
-        "description": "synthetic fundus-like photographs (segzoo nnunet_bridge.demo.synthetic)",
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    write_dataset_json(folder, channel_names, LABELS, num_train, ".png", name,
+                       "synthetic fundus-like photographs (segzoo nnunet_bridge.demo.synthetic)")
     return folder
+
+
+def write_dataset_json(folder: Path, channel_names: dict[str, str], labels: dict[str, int], num_train: int,
+                       file_ending: str, name: str, description: str) -> None:
+    """nnU-Net's ``dataset.json`` of a raw dataset folder."""
+    dataset_json = {"channel_names": channel_names, "labels": labels, "numTraining": num_train,
+                    "file_ending": file_ending, "name": name, "description": description}
+    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
 
 
 # -- helpers ---------------------------------------------------------------------------

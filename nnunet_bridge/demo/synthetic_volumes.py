@@ -9,11 +9,12 @@ natural one. Deterministic for a given seed and fast: the test suite trains on i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from .synthetic import write_dataset_json
 
 __all__ = ["VOLUME_LABELS", "VOLUME_SPACING", "ct_case", "write_ct_dataset"]
 
@@ -92,15 +93,8 @@ def write_ct_dataset(
             volume = sitk.GetImageFromArray(array)
             volume.SetSpacing(spacing_xyz)
             sitk.WriteImage(volume, str(path), useCompression=True)
-    dataset_json = {
-        "channel_names": {"0": normalization},
-        "labels": VOLUME_LABELS,
-        "numTraining": num_train,
-        "file_ending": ".nii.gz",
-        "name": name,
-        "description": "synthetic CT-like volumes (segzoo nnunet_bridge.demo.synthetic_volumes)",
-    }
-    (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    write_dataset_json(folder, {"0": normalization}, VOLUME_LABELS, num_train, ".nii.gz", name,
+                       "synthetic CT-like volumes (segzoo nnunet_bridge.demo.synthetic_volumes)")
     return folder
 
 

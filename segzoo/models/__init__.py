@@ -1,9 +1,9 @@
-"""Segmenters and the head model files (each a ``build(entry, ...)`` the registry's entries call)."""
+"""Segmenters (per-pixel, mask-classification, EoMT) and the builder every zoo model goes through."""
 
 from __future__ import annotations
 
 from .._registry import model_entry
-from ._builder import build_segmenter
+from ._builder import build_entry, build_segmenter
 from .eomt_segmenter import EomtSegmenter
 from .mask_classification import MaskClassificationSegmenter
 from .segmenter import Segmenter
@@ -12,6 +12,7 @@ __all__ = [
     "EomtSegmenter",
     "MaskClassificationSegmenter",
     "Segmenter",
+    "build_entry",
     "build_segmenter",
     "supports_lora",
 ]

@@ -19,7 +19,7 @@ from ..backbones.specs import BackboneSpec, get_backbone_spec, published_weights
 from ..necks import create_neck
 from .segmenter import Segmenter
 
-__all__ = ["adapt_normalization", "build_segmenter", "pretrained_cfgs_for"]
+__all__ = ["adapt_normalization", "build_entry", "build_segmenter", "pretrained_cfgs_for"]
 
 HeadFactory = Callable[..., nn.Module]  # (in_channels, num_classes, **head_kwargs) -> module
 # build_segmenter's parameters that model files pass, never users
@@ -101,6 +101,23 @@ def build_segmenter(
     if grad_checkpointing:
         model.set_grad_checkpointing()
     return model
+
+
+def build_entry(entry: ModelEntry, pretrained: bool = False, **kwargs: Any) -> Segmenter:
+    """Build a zoo entry: its head's factory over its backbone spec, with the options the head fixes.
+
+    Every zoo model takes the common options of :func:`build_segmenter`; the head's own options
+    are its factory's keywords (``segzoo.heads``).
+    """
+    head = entry.head
+    fixed: dict[str, Any] = {}
+    for option, value, why in head.fixed:
+        if option in kwargs:
+            raise ValueError(f"{entry.name} takes no {option} ({why}); leave {option} out")
+        if value is not None:
+            fixed[option] = value
+    return build_segmenter(entry, entry.backbone, head.head_factory(), pretrained=pretrained,
+                           segmenter_cls=head.segmenter_class(), default_neck=head.default_neck, **fixed, **kwargs)
 
 
 def pretrained_cfgs_for(variant: str, spec: BackboneSpec) -> list[PretrainedCfg]:
