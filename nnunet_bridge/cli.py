@@ -121,12 +121,14 @@ def _refuse_planning_in_each_torchrun_process(configuration: str) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace, _rest: list[str]) -> int:
+    from segzoo import split_model_name_tag
+
     from .config import load_config
     from .plans import plan
 
     overrides: dict = {}
     if args.model:
-        name, _, tag = args.model.partition(".")
+        name, tag = split_model_name_tag(args.model)
         overrides = {"model": {"name": name, **({"pretrained_tag": tag} if tag else {})}}
     config = load_config(args.config, overrides)
     dataset_name(args.dataset)  # an unknown id: one line, not nnU-Net's traceback
