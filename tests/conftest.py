@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 # No test may reach the internet; the Hub tests point HF_ENDPOINT at a local server.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,24 +29,32 @@ torch._dynamo.config.automatic_dynamic_local_pgo = False
 from tests.tiny_models import TINY_VIT, TINY_WIDTH  # noqa: E402
 
 # The bridge's tests need nnunetv2 (the `nnunet` extra), which caps timm. Without it
-# (`make test-zoo-latest`: the zoo on the newest timm) these modules are not collected, so the
-# run tests the zoo alone instead of failing on imports; the header names them.
-BRIDGE_TEST_MODULES = (
-    "test_nnunet_bridge.py",
-    "test_nnunet_cli_errors.py",
-    "test_nnunet_compare.py",
-    "test_nnunet_ddp.py",
-    "test_nnunet_e2e.py",
-    "test_checkpoint_safety.py",  # the bridge's checkpoint loading, through its CLI
-    "test_onnx_predict.py",  # the bridge's ONNX predictor against nnunetv2's own functions
-    "test_rank_device.py",  # the bridge's device placement for nnU-Net's trainer
-)
-# ... and the bridge's tests in modules that mostly test the zoo, skipped instead
+# (`make test-zoo-latest`: the zoo on the newest timm) they are left out, so the run tests the
+# zoo alone instead of failing on imports; the header names what was left out. Found, not listed:
+# a module that imports the bridge or nnU-Net at its top is not collected, and a test in an
+# nnU-Net xdist group (the groups that share prepared nnU-Net folders) is skipped.
+TESTS = Path(__file__).resolve().parent
+# ... and the bridge's tests in modules that mostly test the zoo
 BRIDGE_TESTS = (
     "tests/test_docs.py::test_doc_examples_run_and_print_what_they_say[nnunet.md]",
 )
+
+
+def _imports_the_bridge(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    names = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)]
+    return any(name.split(".")[0] in ("nnunet_bridge", "nnunetv2") for name in names)
+
+
 HAS_NNUNETV2 = importlib.util.find_spec("nnunetv2") is not None
-collect_ignore = [] if HAS_NNUNETV2 else list(BRIDGE_TEST_MODULES)
+collect_ignore = [] if HAS_NNUNETV2 else sorted(
+    path.name for path in TESTS.glob("test_*.py") if _imports_the_bridge(path))
+
+
+def _in_nnunet_group(item: pytest.Item) -> bool:
+    return any(str(mark.args[0] if mark.args else mark.kwargs.get("name", "")).startswith("nnunet")
+               for mark in item.iter_markers("xdist_group"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,7 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs nnunetv2: pip install -e '.[nnunet]'")
     for item in items:
-        if item.nodeid in BRIDGE_TESTS:
+        if item.nodeid in BRIDGE_TESTS or _in_nnunet_group(item):
             item.add_marker(skip)
 
 

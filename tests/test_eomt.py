@@ -177,9 +177,12 @@ def test_annealing_state_is_saved_and_an_annealed_model_predicts_without_masks(t
         masked_free = model(x)
         # the same tokens with the last blocks called without any mask: what "annealed" means
         backbone, head = model.backbone, model.decode_head
+        first = backbone.depth - head.num_blocks  # the queries join before the last num_blocks blocks
         tokens, _ = backbone.embed_tokens(x)
-        tokens = torch.cat([backbone.run_block(0, tokens), head.query.weight[None]], 1)
-        for index in (1, 2):
+        for index in range(first):
+            tokens = backbone.run_block(index, tokens)
+        tokens = torch.cat([tokens, head.query.weight[None]], 1)
+        for index in range(first, backbone.depth):
             tokens = backbone.run_block(index, tokens)
         manual = model._predict(tokens, (3, 4))
     outputs = {"class_queries_logits": manual[1], "masks_queries_logits": manual[0]}
