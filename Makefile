@@ -30,7 +30,7 @@ $(LATEST)/.installed: pyproject.toml
 	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q $(TORCH)
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager $(TORCH) -e ".[dev]"
 	touch $@
 
 # The zoo without the nnU-Net bridge, on the newest releases (.venv-zoo-latest): nnunetv2 caps timm
@@ -48,7 +48,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 test-latest: $(LATEST)/.installed
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager $(TORCH) -e ".[dev]"
 	$(LATEST)/bin/python -m pytest
 
 # the zoo's tests only (the bridge's are left out: tests/conftest.py) on the newest timm,
@@ -61,7 +61,7 @@ test-zoo-latest: $(ZOO_LATEST)/.installed
 
 # Record the newest releases as the versions `make test` installs (run `make test` after it)
 lock: $(LATEST)/.installed
-	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager $(TORCH) -e ".[dev]"
 	{ echo "# Versions the test suite last passed with; \`make test\` installs them. Regenerate: make lock"; \
 	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -v '^segzoo'; } > $(LOCK)
 
