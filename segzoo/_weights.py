@@ -39,8 +39,10 @@ __all__ = [
     "LoadReport",
     "UnsafeCheckpointError",
     "detect_checkpoint_format",
+    "key_list",
     "load_backbone_checkpoint",
     "load_state_dict_strict",
+    "raise_on_load_problems",
     "read_checkpoint",
 ]
 
@@ -194,7 +196,7 @@ def load_backbone_checkpoint(
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in state if k in expected and state[k].shape != expected[k].shape
     ]
-    _raise_on_problems(report, hint=_size_hint(backbone))
+    raise_on_load_problems(report, hint=_size_hint(backbone))
     result = model.load_state_dict({names[k]: v for k, v in state.items()}, strict=False)
     left = [k for k in result.missing_keys if not is_lora_adapter_key(k)] + list(result.unexpected_keys)
     assert not left, f"keys checked above did not load: {left}"  # a bug here, never a user error
@@ -214,7 +216,7 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in state if k in expected and state[k].shape != expected[k].shape
     ]
-    _raise_on_problems(
+    raise_on_load_problems(
         report,
         hint="The saved weights do not fit the rebuilt model: an override changed a shape (to change num_classes, "
         "reload as saved and replace the classifier), or config.json does not belong to these weights",
@@ -382,14 +384,16 @@ def _pruned_on_purpose(key: str, pruned_depth: int, source_depth: int) -> bool:
     return bool(match) and pruned_depth <= int(match.group(1)) < source_depth
 
 
-def _raise_on_problems(report: LoadReport, hint: str) -> None:
+def raise_on_load_problems(report: LoadReport, hint: str) -> None:
+    """The one refusal every loader (ViT files, transformers SegFormer files) gives: nothing loads
+    when weights are missing, mis-shaped or without a place, and the message names them."""
     problems = []
     if report.missing:
-        problems.append(f"{len(report.missing)} model weights missing from the file: {_names(report.missing)}")
+        problems.append(f"{len(report.missing)} model weights missing from the file: {key_list(report.missing)}")
     if report.mismatched:
-        problems.append(f"{len(report.mismatched)} shape mismatches: {_names(report.mismatched)}")
+        problems.append(f"{len(report.mismatched)} shape mismatches: {key_list(report.mismatched)}")
     if report.unexpected:
-        problems.append(f"{len(report.unexpected)} file weights the model has no place for: {_names(report.unexpected)}")
+        problems.append(f"{len(report.unexpected)} file weights the model has no place for: {key_list(report.unexpected)}")
     if problems:
         raise CheckpointError(
             f"refusing a partial load of {report.source} ({report.checkpoint_format} layout): "
@@ -397,7 +401,8 @@ def _raise_on_problems(report: LoadReport, hint: str) -> None:
         )
 
 
-def _names(keys: list[str]) -> str:
+def key_list(keys: list[str]) -> str:
+    """The first few keys, and how many more, for messages."""
     shown = ", ".join(keys[:_MAX_NAMED])
     return shown + (f", ... ({len(keys) - _MAX_NAMED} more)" if len(keys) > _MAX_NAMED else "")
 

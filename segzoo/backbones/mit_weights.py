@@ -17,7 +17,8 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-from .._weights import CheckpointError, LoadReport, _names, _raise_on_problems, detect_checkpoint_format, read_checkpoint
+from .._weights import (CheckpointError, LoadReport, detect_checkpoint_format, key_list, raise_on_load_problems,
+                        read_checkpoint)
 
 __all__ = ["CHECKPOINT_FORMAT", "load_segformer_checkpoint", "load_transformers_segformer"]
 
@@ -98,7 +99,7 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str
     absent = [k for k in target if k not in loaded and k not in wrong_shape]
     fresh = [k for k in absent if _may_stay_initialised(k, has_head, include_classifier)]
     report.missing = [k for k in absent if k not in fresh]
-    _raise_on_problems(report, hint=_fit_hint(model, report))
+    raise_on_load_problems(report, hint=_fit_hint(model, report))
     # every key accounted for: the ones left as initialised keep the model's own values
     model.load_state_dict({**{k: target[k] for k in fresh}, **loaded}, strict=True)
     report.loaded = sorted(loaded)
@@ -201,7 +202,7 @@ def _read_transformers_checkpoint(
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise CheckpointError(
-            f"{source} does not look like transformers SegFormer weights: entries {_names(non_tensors)} are not "
+            f"{source} does not look like transformers SegFormer weights: entries {key_list(non_tensors)} are not "
             "tensors; pass the state dict itself (e.g. checkpoint['state_dict'])"
         )
     return state, source
