@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ PUSHED_REPO = "me/tiny-fundus-segformer"
 
 def main(argv: list[str]) -> None:
     # imported here, not at module level: test_hub imports this module for PUSHED_REPO only
+    import huggingface_hub
     import torch
     from safetensors.torch import load_file
 
@@ -49,7 +51,10 @@ def main(argv: list[str]) -> None:
 
     def dinov3():
         m = segzoo.create_model("segformer_dinov3_base", pretrained=True, num_classes=3, **tiny)
-        return {"max_diff": max_diff(m, os.path.join(ref_dir, "dinov3.safetensors"))}
+        with tempfile.TemporaryDirectory() as folder:  # the card names the downloaded repo as its base model
+            card = huggingface_hub.ModelCard.load(segzoo.save_pretrained(m, folder) / "README.md")
+        return {"max_diff": max_diff(m, os.path.join(ref_dir, "dinov3.safetensors")),
+                "base_model": card.data.base_model, "license_name": card.data.license_name}
 
     def tagged():
         m = segzoo.create_model("segformer_dinov3_large.sat493m", pretrained=True, num_classes=3, **tiny)

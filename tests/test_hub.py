@@ -78,6 +78,8 @@ def test_pretrained_downloads_backbone_weights_into_the_hf_cache(hub_session):
     assert "0 missing, 0 unexpected" in step["stdout"]
     cached = list((hub_session["hf_home"] / "hub").glob("models--timm--vit_base_patch16_dinov3.lvd1689m/snapshots/*/model.safetensors"))
     assert len(cached) == 1
+    # a model saved after the download names that repo as its base model, under the weights' licence
+    assert (step["base_model"], step["license_name"]) == (DINOV3_REPO, "dinov3-license")
 
 
 def test_second_load_is_a_cache_hit(hub_session):
