@@ -89,8 +89,9 @@ def create_model(
             overrides["in_chans"] = in_chans
         return load_saved_model(model_name, **overrides)
     # the one lookup: unknown names and tags raise here, naming the closest ones, before any work
-    asked_tag = split_model_name_tag(model_name)[1] or kwargs.pop("pretrained_tag", None)
-    entry, cfg = resolve_model_name(model_name, asked_tag)
+    tag_keyword = kwargs.pop("pretrained_tag", None)  # how saved folders record a tag; a different one in the name raises
+    entry, cfg = resolve_model_name(model_name, tag_keyword)
+    asked_tag = split_model_name_tag(model_name)[1] or tag_keyword
     if checkpoint_path is not None:  # absolute: what adapter folders record must resolve from any directory
         kwargs["checkpoint_path"] = os.path.abspath(os.path.expanduser(os.fspath(checkpoint_path)))
     lora = kwargs.pop("lora", None)

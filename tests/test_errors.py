@@ -187,3 +187,11 @@ def test_an_unknown_backbone_kwarg_is_named_with_the_closest_before_timm_builds(
         segzoo.create_model(name, pretrained=True, num_classes=2, backbone_kwargs=dict(depht=2))  # no download either
     with pytest.raises(ValueError, match=r"backbone_kwargs\['in_chans'\] is set by create_model: pass in_chans=\.\.\."):
         segzoo.create_model(name, num_classes=2, backbone_kwargs=dict(tiny["backbone_kwargs"], in_chans=1))
+
+
+def test_a_tag_given_twice_must_agree(tiny):
+    model = segzoo.create_model("segformer_dinov3_large.sat493m", pretrained_tag="sat493m", num_classes=2,
+                                backbone_kwargs=tiny["backbone_kwargs"])
+    assert model.pretrained_cfg["tag"] == "sat493m" and model.model_kwargs["pretrained_tag"] == "sat493m"
+    with pytest.raises(ValueError, match="names tag 'sat493m' but pretrained_tag='lvd1689m'; give one"):
+        segzoo.create_model("segformer_dinov3_large.sat493m", pretrained_tag="lvd1689m", num_classes=2)
