@@ -350,8 +350,10 @@ def test_a_trained_fold_exports_to_onnx_with_its_deployment_facts(nn_env, export
 
 def test_onnx_runtime_predictor_reproduces_nnunetv2_predict(nn_env, exported_fold, tmp_path):
     """The exported fold run by nnunet_bridge.onnx_predict (numpy + ONNX Runtime, sliding window with
-    mirroring) labels held-out images as stock nnUNetv2_predict does: >= 99.9% of pixels agree.
-    Images larger and smaller than the patch, with black corners to crop."""
+    mirroring) labels held-out images as stock nnUNetv2_predict does: >= 99.5% of pixels agree, and
+    where they differ nnU-Net's own probabilities are a near-tie (float32 noise between ONNX Runtime
+    and PyTorch flips a pixel or two of 1681 at margins near zero). Images larger and smaller than
+    the patch, with black corners to crop."""
     env = nn_env["env"]
     images = tmp_path / "images"
     images.mkdir()
@@ -360,7 +362,8 @@ def test_onnx_runtime_predictor_reproduces_nnunetv2_predict(nn_env, exported_fol
         Image.fromarray(image).save(images / f"held_out_{index:03d}_0000.png")
     stock = tmp_path / "stock"
     run(["nnUNetv2_predict", "-i", str(images), "-o", str(stock), "-d", str(RGB_ID), "-c", CONFIG_NAME, "-f", "0",
-          "-tr", "nnUNetTrainerSegZoo", "-npp", "1", "-nps", "1", "-device", "cpu"], dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
+          "-tr", "nnUNetTrainerSegZoo", "-npp", "1", "-nps", "1", "-device", "cpu", "--save_probabilities"],
+        dict(env, nnUNet_extTrainer=EXT_TRAINER_DIR))
     ours = tmp_path / "onnx"
     out = run([sys.executable, "-m", "nnunet_bridge.deploy.onnx_predict", str(exported_fold["onnx"]), "-i", str(images),
                 "-o", str(ours)], env)
@@ -370,8 +373,13 @@ def test_onnx_runtime_predictor_reproduces_nnunetv2_predict(nn_env, exported_fol
         b = np.asarray(Image.open(stock / f"held_out_{index:03d}.png"))
         assert a.shape == b.shape == (size, size)
         agreement = float((a == b).mean())
-        print(f"{size}x{size}: {agreement:.5f} of pixels agree, classes {np.unique(b).tolist()}")
-        assert agreement >= 0.999, f"{size}x{size}: only {agreement:.4%} of pixels agree with nnUNetv2_predict"
+        probabilities = np.sort(np.load(stock / f"held_out_{index:03d}.npz")["probabilities"], axis=0)
+        margins = (probabilities[-1] - probabilities[-2]).reshape(a.shape)[a != b]
+        worst = float(margins.max()) if margins.size else 0.0
+        print(f"{size}x{size}: {agreement:.5f} of pixels agree, classes {np.unique(b).tolist()}, "
+              f"largest probability margin where they differ: {worst:.4f}")
+        assert agreement >= 0.995, f"{size}x{size}: only {agreement:.4%} of pixels agree with nnUNetv2_predict"
+        assert worst < 0.01, f"{size}x{size}: a pixel nnUNetv2_predict labels with a margin of {worst:.3f} differs"
 
 
 def test_checkpoint_path_loads_into_the_trainers_own_model(nn_env, monkeypatch, tmp_path):
