@@ -81,7 +81,7 @@ def weights_table_rows() -> list[dict]:
 
 def _example_model(spec: BackboneSpec) -> str:
     """A registered model over ``spec``: SegFormer's (the head every kind takes) where there is one."""
-    over_spec = [name for name in list_models() if model_entry(name).backbone == spec]
+    over_spec = [name for name in list_models() if model_entry(name).backbone is spec]
     return next((name for name in over_spec if model_entry(name).head.name == "segformer"), over_spec[0])
 
 

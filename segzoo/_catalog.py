@@ -16,7 +16,7 @@ from typing import Any, Callable
 from ._registry import ModelEntry, register_entry
 from .backbones.specs import BACKBONES, BackboneSpec
 
-__all__ = ["HEADS", "HeadSpec", "get_head", "list_heads"]
+__all__ = ["HEADS", "HeadSpec", "list_heads"]
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,6 @@ HEADS: tuple[HeadSpec, ...] = (
                     ("keep_backbone_norm", True, "it reads the last block through the ViT's final norm")),
              summary="EoMT's mask queries (Kerssies et al. 2025) running through the ViT's last blocks, no decoder"),
 )
-_HEADS_BY_NAME = {head.name: head for head in HEADS}
-
-
-def get_head(name: str) -> HeadSpec:
-    if name not in _HEADS_BY_NAME:
-        raise KeyError(f"Unknown head {name!r}; the zoo's heads: {', '.join(_HEADS_BY_NAME)}")
-    return _HEADS_BY_NAME[name]
-
-
 def list_heads() -> list[HeadSpec]:
     """The zoo's heads, in the order the docs present them."""
     return list(HEADS)

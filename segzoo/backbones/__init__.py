@@ -12,14 +12,13 @@ __all__ = [
     "BackboneSpec",
     "MiTBackbone",
     "ViTBackbone",
-    "create_vit_backbone",
     "default_feature_indices",
     "get_backbone_spec",
     "published_weights_source",
 ]
 
 # imported on first use: the specs alone answer listing questions without torch or timm
-_LAZY = {"ViTBackbone": ".vit", "create_vit_backbone": ".vit",
+_LAZY = {"ViTBackbone": ".vit",
          "MiTBackbone": ".mit"}
 
 

@@ -14,15 +14,13 @@ from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .._hub import download_backbone_weights
-from .._validation import did_you_mean, one_weights_source
+from .._validation import did_you_mean
 from .._weights import LoadReport, load_backbone_checkpoint
-from .specs import BackboneSpec, default_feature_indices, published_weights_source
+from .specs import BackboneSpec, default_feature_indices
 
-__all__ = ["BACKBONE_CLASS", "ViTBackbone", "check_backbone_kwargs", "create_backbone", "create_vit_backbone",
-           "published_weights_source"]
+__all__ = ["BACKBONE_CLASS", "ViTBackbone", "check_backbone_kwargs", "create_backbone"]
 
-# timm ViT arguments that create_vit_backbone sets itself, and the create_model keyword that sets each
+# timm ViT arguments that create_backbone sets itself, and the create_model keyword that sets each
 _SET_BY_CREATE_MODEL = {"in_chans": "in_chans", "num_classes": "num_classes", "drop_path_rate": "drop_path_rate",
                         "dynamic_img_size": "img_size"}
 
@@ -209,32 +207,6 @@ def create_backbone(
             "divisible by num_heads"
         ) from err
     return ViTBackbone(model, indices, spec, keep_norm=keep_norm)
-
-
-def create_vit_backbone(
-    spec: BackboneSpec,
-    pretrained: bool = False,
-    pretrained_tag: str | None = None,
-    in_chans: int = 3,
-    feature_indices: Sequence[int] | None = None,
-    drop_path_rate: float = 0.0,
-    backbone_kwargs: dict[str, Any] | None = None,
-    img_size: tuple[int, int] | None = None,
-    checkpoint_path: str | Path | None = None,
-    checkpoint_format: str | None = None,
-    keep_norm: bool = False,
-) -> ViTBackbone:
-    """:func:`create_backbone`, then the weights: ``pretrained`` downloads the tag's published
-    file, ``checkpoint_path`` loads a local one in its original layout (both with a load report)."""
-    one_weights_source(pretrained, checkpoint_path)
-    source = published_weights_source(spec, pretrained_tag) if pretrained else None
-    backbone = create_backbone(spec, in_chans, feature_indices, drop_path_rate, backbone_kwargs, img_size, keep_norm)
-    if source is not None:
-        checkpoint_path = download_backbone_weights(source)
-        checkpoint_format = checkpoint_format or source.checkpoint_format
-    if checkpoint_path is not None:
-        load_backbone_checkpoint(backbone, checkpoint_path, checkpoint_format=checkpoint_format)
-    return backbone
 
 
 def check_backbone_kwargs(spec: BackboneSpec, backbone_kwargs: dict[str, Any] | None) -> None:

@@ -19,7 +19,7 @@ from ..backbones.specs import BackboneSpec, get_backbone_spec, published_weights
 from ..necks import create_neck
 from .segmenter import Segmenter
 
-__all__ = ["adapt_normalization", "build_entry", "build_segmenter", "pretrained_cfgs_for"]
+__all__ = ["adapt_normalization", "build_entry", "build_segmenter"]
 
 HeadFactory = Callable[..., nn.Module]  # (in_channels, num_classes, **head_kwargs) -> module
 # build_segmenter's parameters that model files pass, never users
@@ -118,11 +118,6 @@ def build_entry(entry: ModelEntry, pretrained: bool = False, **kwargs: Any) -> S
             fixed[option] = value
     return build_segmenter(entry, entry.backbone, head.head_factory(), pretrained=pretrained,
                            segmenter_cls=head.segmenter_class(), default_neck=head.default_neck, **fixed, **kwargs)
-
-
-def pretrained_cfgs_for(variant: str, spec: BackboneSpec) -> list[PretrainedCfg]:
-    """The backbone's published weight sets, registered under the model's name (first = default)."""
-    return [cfg.for_model(variant) for cfg in spec.weights]
 
 
 def _choose_neck(name: str, neck: str | None, head_default: str | None, backbone_cls: type) -> str:
