@@ -263,3 +263,12 @@ def test_training_switches():
     assert model.backbone.grad_checkpointing
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert all(p.grad is not None for p in model.decode_head.parameters())
+
+
+@pytest.mark.parametrize("option, value, why", [
+    ("feature_indices", [0, 1, 2, 3], "its four stages are the features"),
+    ("img_size", 64, "it takes any input size as it is"),
+])
+def test_vit_only_options_are_refused_naming_why(option, value, why):
+    with pytest.raises(ValueError, match=rf"mit_b0 is a hierarchical encoder and takes no {option} \({why}\)"):
+        segzoo.create_model("segformer_mit_b0", num_classes=2, **TINY_MIT, **{option: value})
