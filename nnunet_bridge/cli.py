@@ -1,13 +1,16 @@
-"""``segzoo-nnunet plan | train | predict | export | compare | env | demo``: nnU-Net v2 with any segzoo model.
+"""``segzoo-nnunet plan | train | predict | export | compare | stack-slices | env | demo``: nnU-Net v2 with any segzoo model.
 
 ::
 
     segzoo-nnunet plan 996 --model segformer_dinov3_large [--config my.yaml]
+    segzoo-nnunet plan 996 --model segformer_dinov3_large --patch-size 896 896   # 2d_segformer_dinov3_large_896
     segzoo-nnunet train 996 2d_segformer_dinov3_large 0 [--c] [--config my.yaml] [-device cpu] [-num_gpus 4]
     torchrun --nproc-per-node 8 -m nnunet_bridge train 996 2d_segformer_dinov3_large 0   # DDP, any number of machines
     segzoo-nnunet predict -i imagesTs -o out -d 996 -c 2d_segformer_dinov3_large -f 0
     segzoo-nnunet export -d 996 -c 2d_segformer_dinov3_large -f 0 -o model.onnx   # + model.json
     segzoo-nnunet compare 996 2d_segformer_dinov3_large 2d -o report   # cross-validation table + PNG
+    segzoo-nnunet stack-slices 980 Dataset982_CT25D --neighbours 1   # 2.5D: neighbouring slices as channels
+    segzoo-nnunet stack-slices --images-only imagesTs imagesTs_25d --neighbours 1
     segzoo-nnunet env        # the nnUNet_extTrainer line for stock nnUNetv2_* commands
     segzoo-nnunet demo       # synthetic fundus -> plan -> train zoo + U-Net on CPU -> predict -> Dice, PNG, compare
 
@@ -72,10 +75,11 @@ def _one_line(err: Exception) -> str:
     from segzoo import CheckpointError, UnknownModelError
 
     from .config import ConfigError
+    from .slices import SliceStackError
     from .training.divergence import TrainingDivergedError
 
     expected = (PreflightError, ConfigError, CompareError, UnknownModelError, UnknownTrainerError, FileNotFoundError,
-                CheckpointError, TrainingDivergedError)
+                CheckpointError, TrainingDivergedError, SliceStackError)
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, expected):
         return text
@@ -132,8 +136,22 @@ def _cmd_plan(args: argparse.Namespace, _rest: list[str]) -> int:
         overrides = {"model": {"name": name, **({"pretrained_tag": tag} if tag else {})}}
     config = load_config(args.config, overrides)
     dataset_name(args.dataset)  # an unknown id: one line, not nnU-Net's traceback
-    name = plan(args.dataset, config, configuration_name=args.name, plans_identifier=args.p)
+    name = plan(args.dataset, config, configuration_name=args.name, plans_identifier=args.p,
+                resample_to=args.patch_size, preprocess=not args.no_preprocess)
     print(f"Train it with: segzoo-nnunet train {args.dataset} {name} 0")
+    return 0
+
+
+def _cmd_stack_slices(args: argparse.Namespace, _rest: list[str]) -> int:
+    from .slices import stack_images, stack_slices
+
+    if args.images_only:
+        stack_images(args.source, args.destination, args.neighbours, axis=args.slice_axis)
+        return 0
+    result = stack_slices(args.source, args.destination, args.neighbours, axis=args.slice_axis)
+    print(f"Next: nnUNetv2_plan_and_preprocess -d {result.folder.name[len('Dataset'):].split('_')[0]} -c 2d; "
+          f"images to predict go through `segzoo-nnunet stack-slices --images-only DIR OUT --neighbours "
+          f"{args.neighbours} --slice-axis {result.slice_axis}` first")
     return 0
 
 
@@ -280,7 +298,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Train, continue, validate and predict segzoo models with nnU-Net v2. An error is one "
                     "line; --debug (anywhere on the line) or SEGZOO_DEBUG=1 shows its traceback.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{plan,train,predict,export,compare,env,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{plan,train,predict,export,compare,stack-slices,env,demo}")
 
     p = sub.add_parser("plan", allow_abbrev=False, help="add a zoo configuration (2d_<model>) to a dataset's nnU-Net plans",
                        description="Add a configuration inheriting from '2d' whose network is a segzoo model. "
@@ -291,6 +309,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with model / lora / train sections (unknown keys are an error)")
     p.add_argument("--name", help="configuration name (default 2d_<model name>)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--patch-size", nargs=2, type=int, metavar=("H", "W"),
+                   help="high-resolution plan: resample so that the median image is H x W and train on H x W "
+                        "patches (configuration 2d_<model>_<H>); nnU-Net's preprocessing of it runs right after")
+    p.add_argument("--no-preprocess", action="store_true",
+                   help="with --patch-size: print the nnUNetv2_preprocess command instead of running it")
     p.set_defaults(handler=_cmd_plan)
 
     t = sub.add_parser("train", allow_abbrev=False, help="train (or continue with --c) a zoo configuration, like nnUNetv2_train",
@@ -364,6 +387,23 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-figure", action="store_true", help="write the tables only")
     c.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     c.set_defaults(handler=_cmd_compare)
+
+    s = sub.add_parser("stack-slices", allow_abbrev=False,
+                       help="2.5D: a new raw dataset whose channels are each slice and its neighbours",
+                       description="Writes a raw nnU-Net dataset in which every channel of every volume is joined by "
+                                   "its K neighbouring slices on each side along nnU-Net's 2d slice axis (edge "
+                                   "slices repeated), normalised as the channel it comes from; labels and geometry "
+                                   "unchanged. Plan, train and predict it as any dataset.")
+    s.add_argument("source", help="raw dataset (id, DatasetNNN_Name or folder); with --images-only a folder of images")
+    s.add_argument("destination", help="new dataset DatasetNNN_Name (written next to the source) or a folder path "
+                                       "of that name; with --images-only the output folder")
+    s.add_argument("--neighbours", type=int, required=True, help="slices on each side (1 -> 3 channels per channel)")
+    s.add_argument("--images-only", action="store_true",
+                   help="stack a folder of images to predict (CASE_XXXX.nii.gz) instead of a dataset")
+    s.add_argument("--slice-axis", type=int, choices=[0, 1, 2],
+                   help="array axis (z, y, x order as nnU-Net reads) to stack along; default: nnU-Net's 2d slice "
+                        "axis, the largest median spacing; give the dataset's with --images-only")
+    s.set_defaults(handler=_cmd_stack_slices)
 
     e = sub.add_parser("env", help="print the nnUNet_extTrainer export line for stock nnUNetv2_* commands")
     e.set_defaults(handler=_cmd_env)

@@ -12,6 +12,12 @@ stored under the configuration's ``segzoo`` key. A configuration that has been t
 immutable: re-planning it with different settings is an error naming the differences.
 Settings that contradict each other or that the model does not take are refused before the
 plans file is touched.
+
+A high-resolution configuration (``resample_to=(H, W)``, ``segzoo-nnunet plan --patch-size H W``)
+also sets its own ``spacing``: nnU-Net resamples every slice so that the dataset's median image is
+``H x W`` pixels and trains on ``H x W`` patches of that (its own preprocessed data, written by
+nnU-Net's preprocessing right after planning). It is named ``2d_<model name>_<H>`` (``_<H>x<W>``
+when the sides differ).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import glob
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -34,6 +40,7 @@ from .network import arch_kwargs_from_config, create_zoo_model
 __all__ = [
     "NETWORK_CLASS_NAME",
     "configuration_name_for",
+    "normalisation_notes",
     "plan",
     "plans_path",
     "load_plans",
@@ -51,11 +58,33 @@ _UNIT_RANGE_SCHEMES = {"RGBTo01Normalization", "RescaleTo01Normalization"}
 # scale the batch by their token count and width
 _REFERENCE_TOKENS_X_BATCH = 8 * 1024
 _SIZE_FACTOR = {"small": 4.0, "base": 2.0, "large": 1.0, "giant": 0.5}
+# what plan says about channels whose inputs the backbone's own mean/std do not fit, by nnU-Net scheme
+_SCHEME_NOTES = {
+    "CTNormalization": "nnU-Net's CT normalisation (clipped to the 0.5-99.5 percentiles of the training set's "
+                       "labelled voxels, then z-scored with their mean and sd) already standardises them, so the "
+                       "backbone's RGB mean/std are not applied; keep the name 'CT' for CT",
+    "ZScoreNormalization": "nnU-Net z-scores each image ('zscore'), which already standardises them, so the "
+                           "backbone's RGB mean/std are not applied",
+    "ZScoreByDefault": "a name nnU-Net does not map, so it z-scores each image and the backbone's RGB mean/std "
+                       "are not applied. Name CT channels 'CT' (one intensity mapping for every scan), and the R, G, "
+                       "B channels of 8-bit photographs 'rgb_to_0_1' (the backbone then gets the inputs it was "
+                       "trained on)",
+    "NoNormalization": "passed to the network unchanged ('noNorm'): the backbone sees raw intensities; name them "
+                       "'zscore' (or 'CT' for CT) unless they are already standardised",
+    "RGBTo01Normalization": "scaled to [0, 1], but the backbone's mean/std apply only when every channel is, so "
+                            "nothing more is applied",
+}
+_SCHEME_NOTES["RescaleTo01Normalization"] = _SCHEME_NOTES["RGBTo01Normalization"]
 
 
-def configuration_name_for(config: DictConfig) -> str:
-    """``2d_<zoo model name>``, e.g. ``2d_segformer_dinov3_large``."""
-    return f"{BASE_CONFIGURATION}_{zoo_model_name(config)}"
+def configuration_name_for(config: DictConfig, resample_to: Sequence[int] | None = None) -> str:
+    """``2d_<zoo model name>``, e.g. ``2d_segformer_dinov3_large``; with ``resample_to``
+    ``2d_segformer_dinov3_large_896`` (or ``..._896x640``)."""
+    name = f"{BASE_CONFIGURATION}_{zoo_model_name(config)}"
+    if resample_to:
+        height, width = (int(s) for s in resample_to)
+        name += f"_{height}" if height == width else f"_{height}x{width}"
+    return name
 
 
 def plans_path(dataset: str | int, plans_identifier: str = "nnUNetPlans") -> Path:
@@ -83,10 +112,16 @@ def plan(
     configuration_name: str | None = None,
     plans_identifier: str = "nnUNetPlans",
     verbose: bool = True,
+    resample_to: Sequence[int] | None = None,
+    preprocess: bool = True,
 ) -> str:
-    """Add (or update, while untrained) the zoo configuration for ``config``; returns its name."""
+    """Add (or update, while untrained) the zoo configuration for ``config``; returns its name.
+
+    ``resample_to=(H, W)`` plans a high-resolution configuration (see the module docstring) and,
+    with ``preprocess``, runs nnU-Net's preprocessing for it when its data are not there yet."""
     config = config if config is not None else load_config()
-    name = configuration_name or configuration_name_for(config)
+    _check_resample_to(config, resample_to)
+    name = configuration_name or configuration_name_for(config, resample_to)
     if "__" in name:
         raise ConfigError(f"configuration name {name!r} must not contain '__' (nnU-Net splits folder names on it)")
     entry = segzoo.model_entry(zoo_model_name(config))
@@ -109,7 +144,10 @@ def plan(
             f"(found {sorted(configurations)}); run `nnUNetv2_plan_and_preprocess -d {dataset} -c 2d`"
         )
     base = _resolve(configurations, BASE_CONFIGURATION)
-    new = _zoo_configuration(config, base, plans)
+    channels = _channel_names(dataset, plans_identifier)
+    new = _zoo_configuration(config, base, plans, channels)
+    if resample_to:
+        _resample(new, config, base, [int(s) for s in resample_to], f"{plans_identifier}_{name}")
     _check_model_builds(new["architecture"]["arch_kwargs"], len(base.get("normalization_schemes", [])) or 1)
     old = configurations.get(name)
     if old is not None and old != new:
@@ -130,7 +168,31 @@ def plan(
             f"batch size {new['batch_size']}, input normalisation "
             f"{new['architecture']['arch_kwargs']['input_normalization']}"
         )
+    if resample_to:
+        _preprocess(dataset, plans["dataset_name"], name, new, old, plans_identifier, preprocess)
     return name
+
+
+def normalisation_notes(schemes: Sequence[str], channel_names: Sequence[str] | None = None) -> list[str]:
+    """One line per kind of channel on what reaches the network, fitted to nnU-Net's scheme for it
+    (``normalization_schemes`` of the plans; ``channel_names`` from dataset.json, same order).
+    Empty when every channel is scaled to [0, 1], where the backbone's own mean/std apply."""
+    if schemes and all(s in _UNIT_RANGE_SCHEMES for s in schemes):
+        return []
+    names = list(channel_names) if channel_names and len(channel_names) == len(schemes) else [None] * len(schemes)
+    groups: dict[str, list[str]] = {}
+    for index, (scheme, name) in enumerate(zip(schemes, names)):
+        label = f"{index} ({name!r})" if name is not None else str(index)
+        key = scheme
+        if scheme == "ZScoreNormalization" and name is not None and name.casefold() != "zscore":
+            key = "ZScoreByDefault"  # a name nnU-Net does not map: z-score is its fallback, maybe not a choice
+        groups.setdefault(key, []).append(label)
+    notes = []
+    for key, labels in groups.items():
+        which = f"channel{'s' if len(labels) > 1 else ''} {', '.join(labels)}"
+        notes.append(f"{which}: " + _SCHEME_NOTES.get(key, f"nnU-Net normalises with {key}; the backbone's "
+                                                            "mean/std are not applied"))
+    return notes
 
 
 def stored_config(configuration: dict[str, Any]) -> dict[str, Any] | None:
@@ -160,8 +222,9 @@ def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _zoo_configuration(config: DictConfig, base: dict[str, Any], plans: dict[str, Any]) -> dict[str, Any]:
-    arch_kwargs = arch_kwargs_from_config(config, _input_normalization(config, base))
+def _zoo_configuration(config: DictConfig, base: dict[str, Any], plans: dict[str, Any],
+                       channel_names: list[str] | None = None) -> dict[str, Any]:
+    arch_kwargs = arch_kwargs_from_config(config, _input_normalization(config, base, channel_names))
     patch = _patch_multiple(config, arch_kwargs["model_name"])
     wanted = list(config.train.patch_size) if config.train.patch_size is not None else list(base["patch_size"])
     patch_size = _snap_patch_size([int(s) for s in wanted], patch, base.get("median_image_size_in_voxels"))
@@ -204,6 +267,77 @@ def _snap_patch_size(wanted: list[int], patch: int, median_shape: list[float] | 
     return snapped
 
 
+def _check_resample_to(config: DictConfig, resample_to: Sequence[int] | None) -> None:
+    if resample_to is None:
+        return
+    if len(resample_to) != 2 or min(int(s) for s in resample_to) < 1:
+        raise ConfigError(f"--patch-size takes two positive sizes, height and width; got {list(resample_to)}")
+    if config.train.patch_size is not None:
+        raise ConfigError("--patch-size resamples the images and sets the patch; train.patch_size in the YAML sets "
+                          "only the patch. Give one of them")
+
+
+def _resample(new: dict[str, Any], config: DictConfig, base: dict[str, Any], wanted: list[int],
+              data_identifier: str) -> None:
+    """Make ``new`` a high-resolution configuration: the spacing that resamples the median image to
+    ``wanted`` (snapped to the backbone's patch), patches of that size and its own preprocessed data."""
+    model_name = new["architecture"]["arch_kwargs"]["model_name"]
+    patch = _patch_multiple(config, model_name)
+    size = [max(patch, round(s / patch) * patch) for s in wanted]
+    if size != wanted:
+        print(f"Note: --patch-size {wanted} -> {size}, the nearest multiple of the backbone's patch size {patch}")
+    median, spacing = base.get("median_image_size_in_voxels"), base.get("spacing")
+    if not median or not spacing:
+        raise ConfigError("the plans' 2d configuration has no median_image_size_in_voxels or spacing to resample "
+                          "from; run `nnUNetv2_plan_and_preprocess -d DATASET -c 2d` again")
+    median, spacing = [float(m) for m in median][-2:], [float(s) for s in spacing][-2:]
+    new_spacing = [s * m / t for s, m, t in zip(spacing, median, size)]
+    default = _snapped_quietly(list(base["patch_size"]), patch)
+    tokens, tokens_2d = _tokens(size, patch), _tokens(default, patch)
+    batch = config.train.batch_size or _default_batch_size(model_name, size, patch, base)
+    new.update(patch_size=size, spacing=new_spacing, median_image_size_in_voxels=[float(t) for t in size],
+               batch_size=int(batch), data_identifier=data_identifier)
+    new["segzoo"]["train"]["patch_size"], new["segzoo"]["train"]["batch_size"] = size, int(batch)
+    scale = " x ".join(f"{t / m:.3g}" for t, m in zip(size, median))
+    print(f"High-resolution plan: the median image ({' x '.join(f'{m:g}' for m in median)} px at "
+          f"{' x '.join(f'{s:.4g}' for s in spacing)} mm) is resampled by {scale} to {size[0]} x {size[1]} px "
+          f"({' x '.join(f'{s:.4g}' for s in new_spacing)} mm); {tokens} tokens per patch against {tokens_2d} "
+          f"for the plain plan's {default[0]} x {default[1]} (memory and time per image about {tokens / tokens_2d:.1f}x, "
+          f"more for attention); batch size {int(batch)} from the memory model")
+    if any(t > m for t, m in zip(size, median)):
+        print(f"Note: {size[0]} x {size[1]} exceeds the median image size; nnU-Net upsamples the images, which adds "
+              "no detail: it gives thin structures and small lesions more tokens, at the cost above")
+
+
+def _preprocess(dataset: str | int, dataset_name: str, name: str, new: dict[str, Any], old: dict[str, Any] | None,
+                plans_identifier: str, run: bool) -> None:
+    """nnU-Net's preprocessing of a configuration with its own spacing, unless its data are current."""
+    from nnunetv2.configuration import default_num_processes
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    folder = Path(str(nnUNet_preprocessed)) / dataset_name / new["data_identifier"]
+    current = folder.is_dir() and any(folder.iterdir()) and old is not None and old.get("spacing") == new["spacing"]
+    command = f"nnUNetv2_preprocess -d {dataset} -plans_name {plans_identifier} -c {name}"
+    if current:
+        return
+    if not run:
+        print(f"Preprocess it before training: {command}")
+        return
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset
+
+    print(f"Preprocessing {name} at its own spacing (what `{command} -np {default_num_processes}` does)")
+    preprocess_dataset(int(dataset_name[len("Dataset"):].split("_")[0]), plans_identifier, [name],
+                       [default_num_processes], verbose=False, show_progress_bar=False)
+
+
+def _snapped_quietly(size: list[int], patch: int) -> list[int]:
+    return [max(patch, s // patch * patch) for s in size]
+
+
+def _tokens(size: list[int], patch: int) -> int:
+    return (size[0] // patch) * (size[1] // patch)
+
+
 def _check_model_builds(arch_kwargs: dict[str, Any], in_chans: int) -> None:
     """Build the planned model on the meta device (no memory, no weights, well under a second)
     so that a key the model, its head or timm's ViT does not take is refused now, with the zoo's
@@ -224,24 +358,32 @@ def _comparable(configuration: dict[str, Any]) -> dict[str, Any]:
     return {
         "architecture": configuration.get("architecture"),
         "patch_size": configuration.get("patch_size"),
+        "spacing": configuration.get("spacing"),  # a high-resolution configuration resamples
         "model": stored.get("model"),
         "lora": stored.get("lora"),
     }
 
 
-def _input_normalization(config: DictConfig, base: dict[str, Any]) -> str:
+def _input_normalization(config: DictConfig, base: dict[str, Any], channel_names: list[str] | None = None) -> str:
     choice = config.model.input_normalization
     if choice != "auto":
         return choice
     schemes = base.get("normalization_schemes", [])
     if schemes and all(s in _UNIT_RANGE_SCHEMES for s in schemes):
         return "backbone"
-    print(
-        f"Note: nnU-Net normalises these channels with {sorted(set(schemes))}; the backbone's mean/std are not "
-        "applied. Name RGB channels 'rgb_to_0_1' in dataset.json to give a pretrained backbone the inputs it "
-        "was trained on."
-    )
+    for note in normalisation_notes(schemes, channel_names):
+        print(f"Note: {note}")
     return "none"
+
+
+def _channel_names(dataset: str | int, plans_identifier: str) -> list[str] | None:
+    """dataset.json's channel names in channel order (nnU-Net copies it next to the plans)."""
+    path = plans_path(dataset, plans_identifier).parent / "dataset.json"
+    try:
+        names = json.loads(path.read_text())["channel_names"]
+        return [str(names[k]) for k in sorted(names, key=int)]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _patch_multiple(config: DictConfig, model_name: str) -> int:
@@ -257,7 +399,7 @@ def _patch_multiple(config: DictConfig, model_name: str) -> int:
 def _default_batch_size(model_name: str, patch_size: list[int], patch: int, base: dict[str, Any]) -> int:
     """Scale the ViT-L reference (8 images of 1024 tokens) by token count and backbone size,
     never above nnU-Net's 2d batch (which caps it at 5% of the dataset), never below 2."""
-    tokens = (patch_size[0] // patch) * (patch_size[1] // patch)
+    tokens = _tokens(patch_size, patch)
     entry = segzoo.model_entry(model_name)
     size = entry.backbone.size if entry.backbone is not None else ""
     by_memory = int(_REFERENCE_TOKENS_X_BATCH * _SIZE_FACTOR.get(size, 1.0) / max(tokens, 1))
