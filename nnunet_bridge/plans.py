@@ -120,7 +120,7 @@ def plan(
     ``resample_to=(H, W)`` plans a high-resolution configuration (see the module docstring) and,
     with ``preprocess``, runs nnU-Net's preprocessing for it when its data are not there yet."""
     config = config if config is not None else load_config()
-    _check_resample_to(config, resample_to)
+    resample_to = _snapped_request(config, resample_to)
     name = configuration_name or configuration_name_for(config, resample_to)
     if "__" in name:
         raise ConfigError(f"configuration name {name!r} must not contain '__' (nnU-Net splits folder names on it)")
@@ -267,25 +267,29 @@ def _snap_patch_size(wanted: list[int], patch: int, median_shape: list[float] | 
     return snapped
 
 
-def _check_resample_to(config: DictConfig, resample_to: Sequence[int] | None) -> None:
+def _snapped_request(config: DictConfig, resample_to: Sequence[int] | None) -> list[int] | None:
+    """A high-resolution request as the nearest multiples of the backbone's patch (the size it names)."""
     if resample_to is None:
-        return
+        return None
     if len(resample_to) != 2 or min(int(s) for s in resample_to) < 1:
         raise ConfigError(f"--patch-size takes two positive sizes, height and width; got {list(resample_to)}")
     if config.train.patch_size is not None:
         raise ConfigError("--patch-size resamples the images and sets the patch; train.patch_size in the YAML sets "
                           "only the patch. Give one of them")
-
-
-def _resample(new: dict[str, Any], config: DictConfig, base: dict[str, Any], wanted: list[int],
-              data_identifier: str) -> None:
-    """Make ``new`` a high-resolution configuration: the spacing that resamples the median image to
-    ``wanted`` (snapped to the backbone's patch), patches of that size and its own preprocessed data."""
-    model_name = new["architecture"]["arch_kwargs"]["model_name"]
-    patch = _patch_multiple(config, model_name)
+    wanted = [int(s) for s in resample_to]
+    patch = _patch_multiple(config, zoo_model_name(config))
     size = [max(patch, round(s / patch) * patch) for s in wanted]
     if size != wanted:
         print(f"Note: --patch-size {wanted} -> {size}, the nearest multiple of the backbone's patch size {patch}")
+    return size
+
+
+def _resample(new: dict[str, Any], config: DictConfig, base: dict[str, Any], size: list[int],
+              data_identifier: str) -> None:
+    """Make ``new`` a high-resolution configuration: the spacing that resamples the median image to
+    ``size`` (a multiple of the backbone's patch), patches of that size and its own preprocessed data."""
+    model_name = new["architecture"]["arch_kwargs"]["model_name"]
+    patch = _patch_multiple(config, model_name)
     median, spacing = base.get("median_image_size_in_voxels"), base.get("spacing")
     if not median or not spacing:
         raise ConfigError("the plans' 2d configuration has no median_image_size_in_voxels or spacing to resample "
