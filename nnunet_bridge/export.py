@@ -6,8 +6,10 @@ The graph is the network nnU-Net runs (:class:`~nnunet_bridge.network.ZooNetwork
 backbone's mean/std applied to ``rgb_to_0_1`` / ``rescale_to_0_1`` channels, then the zoo
 model; input a preprocessed patch ``(B, C, H, W)``, output ``logits`` ``(B, K, H, W)``. The
 JSON beside it holds what nnU-Net does around the network: patch size, channel names,
-the intensity normalisation per channel (with the dataset's intensity statistics), labels
-and spacing. The file is checked against the PyTorch network with ONNX Runtime.
+the intensity normalisation per channel (with the dataset's intensity statistics), labels,
+spacing and axis order, and the file ending of the dataset's images. The file is checked
+against the PyTorch network with ONNX Runtime; its weights are inside it unless they exceed
+ONNX's 2 GB limit (then a sidecar ``<output>.data`` is written beside it and printed).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from segzoo.export import export_module_onnx
+from segzoo.export import describe_onnx, export_module_onnx
 
 from .checkpoint_files import load_checkpoint_file
 from .training.checkpoints import strip_module_prefix
@@ -32,9 +34,14 @@ __all__ = ["export_fold"]
 
 def export_fold(dataset: str | int, configuration: str, fold: int | str, output: str | Path,
                 trainer: str = "nnUNetTrainerSegZoo", plans_identifier: str = "nnUNetPlans",
-                checkpoint: str = "checkpoint_final.pth", trust_checkpoint: bool = False) -> tuple[Path, Path]:
+                checkpoint: str = "checkpoint_final.pth", trust_checkpoint: bool = False,
+                verbose: bool = False) -> tuple[Path, Path]:
     """Write ``output`` (ONNX) and ``output`` with ``.json`` (deployment facts); return both paths.
-    A checkpoint that would run code when loaded is refused unless ``trust_checkpoint``."""
+
+    A model over ONNX's 2 GB limit also gets ``output`` + ``.data`` (its weights), printed here
+    since it must be copied with the file. A checkpoint that would run code when loaded is
+    refused unless ``trust_checkpoint``. ``verbose`` shows the exporter's own notes and warnings.
+    """
     try:
         dataset = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as err:  # nnU-Net's "could not find a dataset", said without its traceback
@@ -57,7 +64,10 @@ def export_fold(dataset: str | int, configuration: str, fold: int | str, output:
                                      labels.num_segmentation_heads, allow_init=True, deep_supervision=False)
     network.load_state_dict(strip_module_prefix(saved["network_weights"]))
     output = Path(output)
-    export_module_onnx(network, output, (channels, *config.patch_size))
+    export_module_onnx(network, output, (channels, *config.patch_size), verbose=verbose)
+    for sidecar in describe_onnx(output).files[1:]:  # the caller prints the .onnx and .json
+        print(f"wrote {sidecar} (the weights, over ONNX's 2 GB limit: {output.name} reads them from beside it, "
+              "so copy both)")
     facts = _deployment_facts(plans_manager, config, dataset_json, configuration, fold, checkpoint)
     facts["inference"] = {  # what nnUNetv2_predict does around the network by default
         "tile_step_size": 0.5, "gaussian_sigma_scale": 1 / 8,
@@ -78,7 +88,11 @@ def _deployment_facts(plans_manager: Any, config: Any, dataset_json: dict, confi
                  "per channel as below), cut into patches of patch_size (sliding window)",
         "output": "logits (B, K, H, W): argmax over K gives the label values below",
         "patch_size": list(config.patch_size),
+        # how nnU-Net reads the cases (the predictor's command reads the same files the same way)
+        "file_ending": dataset_json.get("file_ending", ".png"),
+        "image_reader": dataset_json.get("overwrite_image_reader_writer") or "by file ending",
         "spacing": list(config.spacing),
+        "spacing_axes": "after transpose_forward; a 2d configuration's: the in-plane axes (slices keep theirs)",
         "transpose_forward": list(plans_manager.transpose_forward),
         "transpose_backward": list(plans_manager.transpose_backward),
         "crop_to_nonzero": True,  # nnU-Net's preprocessing always crops to the nonzero bounding box

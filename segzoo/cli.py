@@ -2,7 +2,7 @@
 
     segzoo list [PATTERN] [--pretrained]
     segzoo info NAME [--num-classes K]
-    segzoo export NAME|FOLDER --onnx OUT.onnx [--img-size 512] [--dynamic-size]
+    segzoo export NAME|FOLDER --onnx OUT.onnx [--img-size 512] [--dynamic-size] [--verbose]
 
 ``--help``, ``--version`` and ``list`` read the registry only (no torch, timm or peft import);
 ``info`` and ``export`` import what builds a model when they run.
@@ -74,18 +74,55 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ._factory import create_model  # torch, timm and the exporter, for this command only
-    from .export import export_onnx
+    from ._factory import HF_HUB_PREFIX, _looks_like_path, create_model  # torch and timm, for this command only
+    from .export import describe_onnx, export_onnx
 
+    saved = args.name.startswith(HF_HUB_PREFIX) or _looks_like_path(args.name)
+    if not saved:
+        model_entrypoint(args.name)  # close-match error before any work
+        if not args.num_classes:
+            raise ValueError(f"{args.name} is a registered name (random weights): pass --num-classes K, the number "
+                             "of classes, background included (a saved folder or hf-hub: id records its own)")
+    if args.img_size and len(args.img_size) > 2:
+        raise ValueError(f"--img-size takes one size (a square) or two (H W), got {len(args.img_size)} numbers")
     kwargs = {"num_classes": args.num_classes} if args.num_classes else {}
     model = create_model(args.name, **kwargs)
-    img_size = None  # --img-size H [W]: one side for a square
-    if args.img_size:
-        img_size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
-    path = export_onnx(model, args.onnx, img_size=img_size, dynamic_size=args.dynamic_size)
-    print(f"wrote {path} (input 'image' (B, {model.in_chans}, H, W) -> 'logits' (B, {model.num_classes}, H, W); "
+    img_size = _export_img_size(model, args)
+    path = export_onnx(model, args.onnx, img_size=img_size, dynamic_size=args.dynamic_size, verbose=args.verbose)
+    onnx_file = describe_onnx(path)
+    (name, shape_in), (out, shape_out) = next(iter(onnx_file.inputs.items())), next(iter(onnx_file.outputs.items()))
+    print(f"wrote {path} (input '{name}' {_shape(shape_in)} -> '{out}' {_shape(shape_out)}; "
           "checked against eager with ONNX Runtime)")
+    for sidecar in onnx_file.files[1:]:  # only above ONNX's 2 GB protobuf limit
+        print(f"wrote {sidecar} (the weights, over ONNX's 2 GB limit: {path.name} reads them from beside it, "
+              "so copy both)")
     return 0
+
+
+def _export_img_size(model: object, args: argparse.Namespace) -> int | tuple[int, int] | None:
+    """``--img-size`` checked against the model in the command's words (export_onnx speaks Python)."""
+    fixed = getattr(model, "fixed_input_size", None)
+    size = None if not args.img_size else (args.img_size * 2)[:2]
+    if args.dynamic_size and not getattr(getattr(model, "backbone", None), "dynamic_export", False):
+        raise ValueError("--dynamic-size: only segformer_mit_* models export with dynamic height and width; the ViT "
+                         "families fix their position-embedding (or RoPE) grid when traced, so export one file per "
+                         "size (--img-size N)")
+    if fixed is not None:
+        if size is not None and tuple(size) != tuple(fixed):
+            raise ValueError(f"{args.name} was built for {fixed[0]}x{fixed[1]} images: leave --img-size out or pass "
+                             f"--img-size {fixed[0]} {fixed[1]}")
+        return None
+    if size is None:
+        raise ValueError(f"{args.name} has no fixed input size: pass --img-size N (a square) or --img-size H W, the "
+                         "size to trace it at" + (" (the smallest with --dynamic-size)" if args.dynamic_size else ""))
+    low = int(getattr(model, "min_input_size", 1))
+    if min(size) < low:
+        raise ValueError(f"--img-size must be at least {low} px for {args.name}, got {' '.join(map(str, size))}")
+    return size[0], size[1]
+
+
+def _shape(dims: tuple) -> str:
+    return f"({', '.join(str(d) for d in dims)})"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, nargs="+", help="traced size: H [W] (default: the model's fixed size)")
     p.add_argument("--dynamic-size", action="store_true", help="dynamic height and width (segformer_mit_* only)")
     p.add_argument("--num-classes", type=int, help="for a registered name: the number of classes")
+    p.add_argument("--verbose", action="store_true", help="show the exporter's own progress notes and warnings")
     p.set_defaults(func=_export)
     return parser
 
