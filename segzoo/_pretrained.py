@@ -45,6 +45,8 @@ class PretrainedCfg:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     patch_size: int = 16
+    # how to prepare inputs where ImageNet habits mislead (intensity window, grey images and in_chans)
+    input_advice: str = ""
     notes: str = ""
 
     @property

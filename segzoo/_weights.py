@@ -7,13 +7,18 @@ Layouts recognised (``checkpoint_format``, detected when not given):
 - ``"dinov2"``: Meta's original DINOv2 files (``mask_token``, ``register_tokens``, ``mlp.w12``).
 - ``"dinov3"``: Meta's original DINOv3 files (``storage_tokens``, ``rope_embed.periods``, ``ls1.gamma``).
 - ``"mae"``: MAE pre-training checkpoints such as RETFound's (``{'model': ...}`` with ``decoder_*``).
-- ``"dino_teacher"``: DINO/iBOT/DINOv2 training checkpoints such as VisionFM's and RETFound-DINOv2's
-  (``{'teacher': ...}`` with a ``backbone.`` prefix and projection-head keys).
+- ``"dino_teacher"``: DINO/iBOT/DINOv2/DINOv3 training checkpoints such as VisionFM's, RETFound-DINOv2's
+  and MedDINOv3's (``{'teacher': ...}`` with a ``backbone.`` prefix and projection-head keys).
+- ``"transformers_dinov2"``: transformers' ``Dinov2Model`` files (``embeddings.*``, ``encoder.layer.N.*``),
+  such as RAD-DINO's ``model.safetensors``.
+- ``"transformers_segformer"``: transformers SegFormer files (``segformer_mit_*`` models only).
 - ``"segzoo"``: a whole segzoo model (from :func:`segzoo.save_pretrained`); not a backbone file.
 
 Renaming and position-embedding resampling reuse timm's own ``checkpoint_filter_fn`` of the
 backbone's model class; this module only unwraps containers, drops keys that belong to
-pre-training (decoders, projection heads, mask tokens) and checks the result. The backbone
+pre-training (decoders, projection heads, mask tokens) and checks the result. Before any of that,
+a file whose architecture or family layout does not fit the model is refused naming both
+(:mod:`segzoo.backbones.checkpoint_families`). The backbone
 is pruned before loading (:class:`~segzoo.backbones.ViTBackbone` drops the final norm and the
 blocks after the last feature layer), so checkpoint keys for those parts are reported as
 "unused by segmentation" rather than as errors.
@@ -33,11 +38,15 @@ from safetensors.torch import load_file
 from timm.models import adapt_input_conv, clean_state_dict, eva, vision_transformer
 from torch import nn
 
+from .backbones.checkpoint_families import FileSignature, family_mismatch, file_signature
+from .backbones.dinov2_transformers import is_transformers_dinov2, to_meta_dinov2
+
 __all__ = [
     "CHECKPOINT_FORMATS",
     "CheckpointError",
     "LoadReport",
     "UnsafeCheckpointError",
+    "checkpoint_signature",
     "detect_checkpoint_format",
     "key_list",
     "load_backbone_checkpoint",
@@ -46,9 +55,11 @@ __all__ = [
     "read_checkpoint",
 ]
 
-CHECKPOINT_FORMATS = ("timm", "dinov2", "dinov3", "mae", "dino_teacher", "segzoo")
+CHECKPOINT_FORMATS = ("timm", "dinov2", "dinov3", "mae", "dino_teacher", "transformers_dinov2",
+                      "transformers_segformer", "segzoo")
 # the registry's per-source names for the same layouts
-_FORMAT_ALIASES = {"retfound_mae": "mae", "retfound_dinov2": "dino_teacher", "visionfm": "dino_teacher"}
+_FORMAT_ALIASES = {"retfound_mae": "mae", "retfound_dinov2": "dino_teacher", "visionfm": "dino_teacher",
+                   "meddinov3": "dino_teacher"}
 # classes a training run records next to its weights (MAE/DINO save ``args``); rebuilding one runs no code
 _SAFE_EXTRA_GLOBALS = [argparse.Namespace]
 _MAX_NAMED = 8  # keys named in an error message
@@ -141,15 +152,26 @@ def detect_checkpoint_format(checkpoint: Mapping[str, Any]) -> str:
         return "dino_teacher"
     inner = _unwrap(checkpoint)
     keys = set(inner)
+    if any(k.startswith("backbone.model.") for k in keys) and any(k.startswith("decode_head.") for k in keys):
+        return "segzoo"
+    if is_transformers_dinov2(keys):
+        return "transformers_dinov2"
+    if file_signature("timm", inner).arch == "mit":
+        return "transformers_segformer"
     if any(k.startswith("decoder_") for k in keys) or (isinstance(checkpoint.get("model"), Mapping) and "mask_token" in keys):
         return "mae"
     if "storage_tokens" in keys or any(k.startswith("rope_embed.") for k in keys):
         return "dinov3"
     if "mask_token" in keys or "register_tokens" in keys:
         return "dinov2"
-    if any(k.startswith("backbone.model.") for k in keys) and any(k.startswith("decode_head.") for k in keys):
-        return "segzoo"
     return "timm"
+
+
+def checkpoint_signature(checkpoint: Mapping[str, Any]) -> FileSignature:
+    """What ``checkpoint`` looks like: its detected layout and the architecture its keys and shapes show
+    (see :mod:`segzoo.backbones.checkpoint_families`)."""
+    layout = detect_checkpoint_format(checkpoint)
+    return file_signature(layout, _encoder_state(dict(checkpoint), layout, [], "<checkpoint>"))
 
 
 def load_backbone_checkpoint(
@@ -157,6 +179,7 @@ def load_backbone_checkpoint(
     checkpoint: str | Path | Mapping[str, Any],
     checkpoint_format: str | None = None,
     verbose: bool = True,
+    model_name: str | None = None,
 ) -> LoadReport:
     """Load published backbone weights into a :class:`~segzoo.backbones.ViTBackbone`.
 
@@ -166,10 +189,14 @@ def load_backbone_checkpoint(
         checkpoint_format: one of :data:`CHECKPOINT_FORMATS` (or a registry alias such as
             ``"retfound_mae"``); detected from the keys when ``None``.
         verbose: print the one-line :class:`LoadReport`.
+        model_name: the zoo model's name, for the model names a refusal suggests.
 
     Raises:
-        CheckpointError: naming keys, when backbone weights are missing, have the wrong shape,
-            or the file has weights this backbone has no place for. Nothing is loaded then.
+        CheckpointError: when the file belongs to another architecture, patch size or (unless
+            ``checkpoint_format`` is given) another family's layout, naming what the file looks
+            like, what the model expects and the model or ``checkpoint_format`` that fits; or,
+            naming keys, when backbone weights are missing, have the wrong shape, or the file
+            has weights this backbone has no place for. Nothing is loaded then.
     """
     source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "<state dict>"
     raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else dict(checkpoint)
@@ -179,6 +206,12 @@ def load_backbone_checkpoint(
             f"{source} is a whole segzoo model, not backbone weights: load it with "
             "segzoo.create_model('<folder with config.json>') instead of checkpoint_path"
         )
+    spec = getattr(backbone, "spec", None)
+    if spec is not None:  # a file of another family fails here, naming both, before any renaming
+        why = family_mismatch(checkpoint_signature(raw), spec, patch_size=backbone.patch_size,
+                              format_given=checkpoint_format is not None, model_name=model_name)
+        if why:
+            raise CheckpointError(f"refusing {source}: {why}")
     model = backbone.model
     state, dropped = _to_timm_layout(raw, fmt, model, source)
     report = LoadReport(source=source, checkpoint_format=fmt, dropped=dropped)
@@ -305,11 +338,11 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 def _to_timm_layout(raw: dict[str, Any], fmt: str, model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Unwrap, drop pre-training-only keys, then let timm's converter rename/resample."""
     dropped: list[str] = []
+    state = _encoder_state(raw, fmt, dropped, source)
     if fmt == "dino_teacher":
-        state = _strip_teacher_prefix(dict(raw["teacher"]) if "teacher" in raw else _unwrap(raw), dropped, source)
         dropped += [k for k in ("masked_embed",) if state.pop(k, None) is not None]  # iBOT's MIM token
-    else:
-        state = _unwrap(raw)
+    if fmt == "transformers_dinov2":
+        state = to_meta_dinov2(state, dropped)
     if fmt == "mae":
         for key in [k for k in state if k.startswith("decoder_") or k == "mask_token"]:
             dropped.append(key)
@@ -324,6 +357,13 @@ def _to_timm_layout(raw: dict[str, Any], fmt: str, model: nn.Module, source: str
             f"{source} does not look like {fmt!r} weights: entries {non_tensors[:_MAX_NAMED]} are not tensors"
         )
     return _timm_filter(model)(state, model), dropped
+
+
+def _encoder_state(raw: dict[str, Any], fmt: str, dropped: list[str], source: str) -> dict[str, Any]:
+    """The file's encoder tensors, keys as in the file: containers unwrapped, a teacher's prefix removed."""
+    if fmt == "dino_teacher":
+        return _strip_teacher_prefix(dict(raw["teacher"]) if "teacher" in raw else _unwrap(raw), dropped, source)
+    return _unwrap(raw)
 
 
 def _strip_teacher_prefix(teacher: dict[str, Any], dropped: list[str], source: str) -> dict[str, Any]:

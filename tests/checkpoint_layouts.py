@@ -1,5 +1,6 @@
 """Checkpoints in the original published layouts, written from a tiny timm source model
-with the key names the real files use (Meta DINOv2/DINOv3, MAE/RETFound, DINO-teacher/VisionFM)."""
+with the key names the real files use (Meta DINOv2/DINOv3, MAE/RETFound, DINO-teacher/VisionFM,
+MedDINOv3's teacher file), and from a tiny transformers Dinov2Model (RAD-DINO's model.safetensors)."""
 
 from __future__ import annotations
 
@@ -46,14 +47,16 @@ def meta_dinov2(state: dict, registers: bool = False, swiglu: bool = False) -> d
     return out
 
 
-def meta_dinov3(state: dict, num_heads: int) -> dict:
-    """Meta's DINOv3 files (dinov3_vit*16_pretrain_lvd1689m-*.pth)."""
+def meta_dinov3(state: dict, num_heads: int, qkv_bias: bool = True) -> dict:
+    """Meta's DINOv3 files (dinov3_vit*16_pretrain_lvd1689m-*.pth). ``qkv_bias=False``: a model built
+    with ``vit_base(qkv_bias=False, mask_k_bias=True)`` (MedDINOv3), whose LinearKMaskedBias registers
+    its ``bias_mask`` only next to a bias, so neither is in the file."""
     out = {}
     dim = state["cls_token"].shape[-1]
     for k, v in state.items():
         k = k.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
         out[k] = v.clone()
-        if k.endswith("attn.qkv.weight"):
+        if k.endswith("attn.qkv.weight") and qkv_bias:
             out[k.replace("weight", "bias")] = torch.zeros(3 * dim)  # distilled models: all-zero qkv bias
             out[k.replace("weight", "bias_mask")] = torch.ones(3 * dim)
     out["mask_token"] = torch.randn(1, dim)
@@ -92,3 +95,41 @@ def dino_teacher(state: dict, prefix: str = "backbone.", ibot: bool = False) -> 
         head + "last_layer.weight_v": torch.randn(256, 128),
     })
     return {"teacher": teacher, "epoch": 100, "args": argparse.Namespace(arch="vit_base")}
+
+
+def _dino_projection_head(prefix: str, dim: int) -> dict:
+    """DINOv3's DINOHead: an MLP (Linear, GELU, Linear, GELU, Linear) and a bias-free last layer."""
+    return {f"{prefix}.mlp.0.weight": torch.randn(48, dim), f"{prefix}.mlp.0.bias": torch.randn(48),
+            f"{prefix}.mlp.2.weight": torch.randn(48, 48), f"{prefix}.mlp.2.bias": torch.randn(48),
+            f"{prefix}.mlp.4.weight": torch.randn(16, 48), f"{prefix}.mlp.4.bias": torch.randn(16),
+            f"{prefix}.last_layer.weight": torch.randn(96, 16)}
+
+
+def meddinov3_checkpoint(state: dict, num_heads: int) -> dict:
+    """MedDINOv3's model.pth: DINOv3 training's teacher file, {'teacher': model_ema.state_dict()}, whose
+    ModuleDict holds ``backbone`` (vit_base(n_storage_tokens=4, qkv_bias=False, mask_k_bias=True)),
+    ``dino_head`` and ``ibot_head``; the authors load it by dropping the heads and the ``backbone.`` prefix."""
+    backbone = meta_dinov3(state, num_heads, qkv_bias=False)
+    dim = state["cls_token"].shape[-1]
+    teacher = {"backbone." + k: v for k, v in backbone.items()}
+    teacher.update(_dino_projection_head("dino_head", dim))
+    teacher.update(_dino_projection_head("ibot_head", dim))
+    return {"teacher": teacher}
+
+
+def transformers_dinov2(width: int = 64, depth: int = 4, heads: int = 2, image_size: int = 518, registers: int = 0):
+    """A tiny transformers Dinov2Model (Dinov2WithRegistersModel with ``registers``) with random weights
+    everywhere, as RAD-DINO's and facebook/dinov2-*'s model.safetensors come from; save it with
+    ``save_pretrained`` to get transformers' saved key names."""
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    fields = dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads, mlp_ratio=4,
+                  image_size=image_size, patch_size=14, layerscale_value=1.0)
+    if registers:
+        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **fields))
+    else:
+        model = Dinov2Model(Dinov2Config(**fields))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    return model.eval()

@@ -17,8 +17,10 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-from .._weights import (CheckpointError, LoadReport, detect_checkpoint_format, key_list, raise_on_load_problems,
-                        read_checkpoint)
+from .._weights import (CheckpointError, LoadReport, checkpoint_signature, detect_checkpoint_format, key_list,
+                        raise_on_load_problems, read_checkpoint)
+from .checkpoint_families import family_mismatch
+from .specs import BACKBONES
 
 __all__ = ["CHECKPOINT_FORMAT", "load_segformer_checkpoint", "load_transformers_segformer"]
 
@@ -60,7 +62,7 @@ def load_transformers_segformer(
     if getattr(getattr(model, "backbone", None), "kind", None) != "mit":
         raise TypeError(f"expected a segformer_mit_* model, got {type(model).__name__}; build it with "
                         "segzoo.create_model('segformer_mit_b0', ...)")
-    state, source = _read_transformers_checkpoint(checkpoint)
+    state, source = _read_transformers_checkpoint(checkpoint, model)
     report = _load_state(model, state, source, include_classifier)
     if verbose:
         print(report)
@@ -134,7 +136,7 @@ def load_segformer_checkpoint(model: nn.Module, checkpoint: str | os.PathLike, c
     if checkpoint_format not in (None, CHECKPOINT_FORMAT):
         raise ValueError(f"segformer_mit_* models load transformers SegFormer checkpoints only; got "
                          f"checkpoint_format={checkpoint_format!r}")
-    state, source = _read_transformers_checkpoint(checkpoint)
+    state, source = _read_transformers_checkpoint(checkpoint, model)
     # a fine-tuned file for other classes: keep everything but the final 1x1 classifier
     classifier = next((v for k, v in state.items() if k.endswith("decode_head.classifier.weight")), None)
     include_classifier = classifier is None or classifier.shape[0] == model.num_classes
@@ -178,10 +180,11 @@ def _zoo_key(key: str, target: Mapping[str, Any]) -> str | None:
 
 
 def _read_transformers_checkpoint(
-    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor],
+    checkpoint: str | os.PathLike | Mapping[str, torch.Tensor], model: nn.Module,
 ) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict of a file, a transformers ``save_pretrained`` folder or a dict, and
-    its name for reports; refuses what is no transformers SegFormer state dict."""
+    its name for reports; refuses what is no transformers SegFormer state dict (another
+    family's ViT file by name, see :mod:`segzoo.backbones.checkpoint_families`)."""
     if isinstance(checkpoint, Mapping):
         state, source = dict(checkpoint), "<state dict>"
     else:
@@ -199,6 +202,12 @@ def _read_transformers_checkpoint(
             f"{source} is a whole segzoo model (segzoo.save_pretrained), not a transformers SegFormer checkpoint: "
             "load it with segzoo.create_model('<folder with config.json>') instead"
         )
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    # every MiT size has one architecture and layout: any MiT spec answers for a model built without a name
+    spec = BACKBONES.get(cfg.get("backbone") or "") or next(s for s in BACKBONES.values() if s.kind == "mit")
+    why = family_mismatch(checkpoint_signature(state), spec, model_name=model.model_name or cfg.get("architecture"))
+    if why:
+        raise CheckpointError(f"refusing {source}: {why}")
     non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if non_tensors:
         raise CheckpointError(

@@ -51,6 +51,9 @@ class BackboneSpec:
     head_kwargs: dict = field(default_factory=dict)
     # the blocks scale their residual branches (timm's ``init_values``): DINOv2 and DINOv3 do
     layer_scale: bool = False
+    # the file layouts this family's weights are published in, accepted when detected
+    # (segzoo/_weights.py); a file in another family's layout is refused unless checkpoint_format= says so
+    checkpoint_layouts: tuple[str, ...] = ("timm",)
 
     @property
     def name(self) -> str:
@@ -114,6 +117,10 @@ _DINOV2_SOURCE = "Meta AI DINOv2 (https://github.com/facebookresearch/dinov2); c
 _RETFOUND_SOURCE = "RETFound (Zhou et al., Nature 2023; https://github.com/rmaphoh/RETFound_MAE)"
 _VISIONFM_SOURCE = "VisionFM (Qiu et al., NEJM AI 2024; https://github.com/ABILab-CUHK/VisionFM)"
 _MIT_SOURCE = "SegFormer (Xie et al., NeurIPS 2021; https://github.com/NVlabs/SegFormer), transformers ports by NVIDIA"
+_MEDDINOV3_SOURCE = ("MedDINOv3 (Li et al. 2025, arXiv:2509.02379; https://github.com/ricklisz/MedDINOv3), "
+                     "DINOv3 ViT-B/16 adapted to CT")
+_RAD_DINO_SOURCE = ("RAD-DINO (Perez-Garcia et al., Nature Machine Intelligence 2025; "
+                    "https://huggingface.co/microsoft/rad-dino), DINOv2 ViT-B/14 adapted to chest X-rays")
 _DINOV3_LICENSE = dict(license="other", license_name="dinov3-license",
                        license_link="https://ai.meta.com/resources/models-and-libraries/dinov3-license/")
 _MIT_LICENSE = dict(license="other", license_name="nvidia-segformer-license",
@@ -121,9 +128,25 @@ _MIT_LICENSE = dict(license="other", license_name="nvidia-segformer-license",
 # the repository publishes no licence file; its README limits the weights to research use
 _VISIONFM_LICENSE = dict(license="other", license_name="visionfm-research-use",
                          license_link="https://github.com/ABILab-CUHK/VisionFM")
+# RAD-DINO's model card: research use only, under the Microsoft Research License Agreement
+_RAD_DINO_LICENSE = dict(license="other", license_name="msrla",
+                         license_link="https://huggingface.co/microsoft/rad-dino/blob/main/LICENSE")
 _SIZE_TITLES = {"small": "S", "base": "B", "large": "L", "giant": "g"}
 # timm's configs for its DINOv3 satellite copy (checked against timm in tests/test_registry.py)
 _SAT493M_MEAN, _SAT493M_STD = (0.430, 0.411, 0.296), (0.213, 0.156, 0.143)
+
+
+# MedDINOv3's demo clips CT to [-1000, 1000] HU and normalises with (HU - 65.11) / 178.02; on that window
+# scaled to [0, 1] ((HU + 1000) / 2000) the same normalisation is mean 0.5326, std 0.0890
+_CT_MEAN = ((65.1084213256836 + 1000) / 2000,) * 3
+_CT_STD = (178.01663208007812 / 2000,) * 3
+_CT_ADVICE = ("CT: clip to [-1000, 1000] HU and scale to [0, 1], then normalise with this mean/std (the published "
+              "(HU - 65.11) / 178.02). One slice: in_chans=1 sums the RGB patch filters, the same as repeating the "
+              "slice in three channels as the authors do")
+# rad-dino's image processor (preprocessor_config.json): resize to 518, grey values in all three channels
+_CXR_MEAN, _CXR_STD = (0.5307,) * 3, (0.2583,) * 3
+_CXR_ADVICE = ("chest X-ray scaled to [0, 1], normalised with this mean/std, at 518 px as published. One channel: "
+               "in_chans=1 sums the RGB patch filters, the same as repeating the image in three channels")
 
 
 def _dinov3(size: str, depth: int) -> BackboneSpec:
@@ -131,7 +154,8 @@ def _dinov3(size: str, depth: int) -> BackboneSpec:
     if size == "large":  # the satellite-imagery weights exist for ViT-L only
         weights.append(PretrainedCfg("sat493m", timm_tag="sat493m", mean=_SAT493M_MEAN, std=_SAT493M_STD))
     return BackboneSpec("dinov3", size, f"DINOv3 ViT-{_SIZE_TITLES[size]}/16", f"vit_{size}_patch16_dinov3", 16,
-                        depth, source=_DINOV3_SOURCE, weights=tuple(weights), layer_scale=True, **_DINOV3_LICENSE)
+                        depth, source=_DINOV3_SOURCE, weights=tuple(weights), layer_scale=True,
+                        checkpoint_layouts=("timm", "dinov3"), **_DINOV3_LICENSE)
 
 
 def _dinov2(size: str, depth: int, registers: bool) -> BackboneSpec:
@@ -139,7 +163,8 @@ def _dinov2(size: str, depth: int, registers: bool) -> BackboneSpec:
     arch = f"vit_{size}_patch14_reg4_dinov2" if registers else f"vit_{size}_patch14_dinov2"
     title = f"DINOv2 ViT-{_SIZE_TITLES[size]}/14{' with 4 registers' if registers else ''}"
     return BackboneSpec(family, size, title, arch, 14, depth, "apache-2.0", source=_DINOV2_SOURCE,
-                        weights=(PretrainedCfg("lvd142m", timm_tag="lvd142m"),), layer_scale=True)
+                        weights=(PretrainedCfg("lvd142m", timm_tag="lvd142m"),), layer_scale=True,
+                        checkpoint_layouts=("timm", "dinov2", "transformers_dinov2"))
 
 
 def _retfound_file(tag: str, repo: str, fmt: str, notes: str) -> PretrainedCfg:
@@ -164,6 +189,7 @@ def _mit(size: str, params: str, hidden_sizes: list[int], depths: list[int]) -> 
     head_kwargs = {"decoder_hidden_size": 256 if size in ("b0", "b1") else 768}
     return BackboneSpec("mit", size, f"MiT-{size} ({params}), SegFormer's hierarchical encoder", None, 4, 4,
                         source=_MIT_SOURCE, weights=weights, kind="mit", head_kwargs=head_kwargs,
+                        checkpoint_layouts=("transformers_segformer",),
                         build_kwargs=dict(hidden_sizes=hidden_sizes, depths=depths), **_MIT_LICENSE)
 
 
@@ -181,6 +207,7 @@ _BACKBONE_LIST = [
             _retfound_file("oct", "RETFound_mae_natureOCT", "retfound_mae", "MAE, OCT B-scans"),
             _retfound_file("meh", "RETFound_mae_meh", "retfound_mae", "MAE, Moorfields fundus"),
         ),
+        checkpoint_layouts=("timm", "mae"),
     ),
     BackboneSpec(
         "retfound_dinov2", "large", "RETFound ViT-L/14 (DINOv2 objective)", "vit_large_patch14_dinov2", 14, 24,
@@ -192,6 +219,7 @@ _BACKBONE_LIST = [
         # RETFound's DINOv2 weights were trained at 224 px: a 16x16 position grid
         build_kwargs={"img_size": 224},
         layer_scale=True,
+        checkpoint_layouts=("timm", "dino_teacher"),
     ),
     BackboneSpec(
         "visionfm", "base", "VisionFM ViT-B/16 (ophthalmic modalities)", "vit_base_patch16_224", 16, 12,
@@ -203,7 +231,32 @@ _BACKBONE_LIST = [
                                   ("external", "external eye"), ("ubm", "UBM"), ("ultrasound", "ultrasound"),
                                   ("mri", "MRI"))
         ),
+        checkpoint_layouts=("timm", "dino_teacher"),
         **_VISIONFM_LICENSE,
+    ),
+    BackboneSpec(
+        # the published model: DINOv3's ViT-B/16 with 4 storage tokens and LayerScale, built without a qkv
+        # bias (vit_base(n_storage_tokens=4, qkv_bias=False, ...)), i.e. timm's distilled DINOv3 ViT-B
+        "meddinov3", "base", "MedDINOv3 ViT-B/16 (CT)", "vit_base_patch16_dinov3", 16, 12, "apache-2.0",
+        source=_MEDDINOV3_SOURCE,
+        weights=(PretrainedCfg(
+            "ct3m", hf_hub_id="ricklisz123/MedDINOv3-ViTB-16-CT-3M", hf_hub_filename="model.pth",
+            checkpoint_format="meddinov3", mean=_CT_MEAN, std=_CT_STD, input_advice=_CT_ADVICE,
+            notes="CT-3M (3.87M axial CT slices), DINOv3 objective ({'teacher': ...} training file)"),),
+        layer_scale=True,
+        checkpoint_layouts=("timm", "dino_teacher"),
+    ),
+    BackboneSpec(
+        "rad_dino", "base", "RAD-DINO ViT-B/14 (chest X-ray)", "vit_base_patch14_dinov2", 14, 12,
+        source=_RAD_DINO_SOURCE,
+        weights=(PretrainedCfg(
+            "cxr", hf_hub_id="microsoft/rad-dino", hf_hub_filename="model.safetensors",
+            checkpoint_format="transformers_dinov2", mean=_CXR_MEAN, std=_CXR_STD, input_advice=_CXR_ADVICE,
+            notes="chest X-rays, DINOv2 objective (transformers file); the repository's "
+                  "backbone_compatible.safetensors (DINOv2 repository layout) loads through checkpoint_path too"),),
+        layer_scale=True,
+        checkpoint_layouts=("timm", "dinov2", "transformers_dinov2"),
+        **_RAD_DINO_LICENSE,
     ),
     # the encoder of each size (Xie et al. 2021, Table 6); every other field is SegformerConfig's default
     # (heads 1/2/5/8, reduction ratios 8/4/2/1, patch sizes 7/3/3/3, strides 4/2/2/2)

@@ -119,8 +119,9 @@ class ViTBackbone(nn.Module):
 
     def load_checkpoint(self, model: nn.Module, checkpoint: str | Path, checkpoint_format: str | None = None,
                         verbose: bool = True) -> LoadReport:
-        """Load a published backbone file into this backbone (``model``, the segmenter, is not touched)."""
-        return load_backbone_checkpoint(self, checkpoint, checkpoint_format=checkpoint_format, verbose=verbose)
+        """Load a published backbone file into this backbone (``model``, the segmenter, is only asked its name)."""
+        return load_backbone_checkpoint(self, checkpoint, checkpoint_format=checkpoint_format, verbose=verbose,
+                                        model_name=model_name_of(model))
 
     def repeated_blocks(self) -> list[nn.Module]:
         """The transformer blocks, one compiled graph serves them all (see :mod:`segzoo.compilation`)."""
@@ -207,6 +208,12 @@ def create_backbone(
             "divisible by num_heads"
         ) from err
     return ViTBackbone(model, indices, spec, keep_norm=keep_norm)
+
+
+def model_name_of(model: nn.Module) -> str | None:
+    """The zoo name of a segmenter, also while ``create_model`` is still building it (its weights record)."""
+    name = getattr(model, "model_name", None)
+    return name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or None
 
 
 def check_backbone_kwargs(spec: BackboneSpec, backbone_kwargs: dict[str, Any] | None) -> None:
