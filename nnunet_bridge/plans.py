@@ -145,9 +145,9 @@ def plan(
         )
     base = _resolve(configurations, BASE_CONFIGURATION)
     channels = _channel_names(dataset, plans_identifier)
-    new = _zoo_configuration(config, base, plans, channels)
+    new = _zoo_configuration(config, base, plans, channels, resample_to)
     if resample_to:
-        _resample(new, config, base, [int(s) for s in resample_to], f"{plans_identifier}_{name}")
+        _resample(new, config, base, f"{plans_identifier}_{name}")
     _check_model_builds(new["architecture"]["arch_kwargs"], len(base.get("normalization_schemes", [])) or 1)
     old = configurations.get(name)
     if old is not None and old != new:
@@ -223,11 +223,11 @@ def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def _zoo_configuration(config: DictConfig, base: dict[str, Any], plans: dict[str, Any],
-                       channel_names: list[str] | None = None) -> dict[str, Any]:
+                       channel_names: list[str] | None = None, snapped: list[int] | None = None) -> dict[str, Any]:
     arch_kwargs = arch_kwargs_from_config(config, _input_normalization(config, base, channel_names))
     patch = _patch_multiple(config, arch_kwargs["model_name"])
     wanted = list(config.train.patch_size) if config.train.patch_size is not None else list(base["patch_size"])
-    patch_size = _snap_patch_size([int(s) for s in wanted], patch, base.get("median_image_size_in_voxels"))
+    patch_size = snapped or _snap_patch_size([int(s) for s in wanted], patch, base.get("median_image_size_in_voxels"))
     batch_size = config.train.batch_size or _default_batch_size(arch_kwargs["model_name"], patch_size, patch, base)
     stored = config_to_dict(config)
     stored["train"]["batch_size"], stored["train"]["patch_size"] = int(batch_size), patch_size
@@ -284,12 +284,11 @@ def _snapped_request(config: DictConfig, resample_to: Sequence[int] | None) -> l
     return size
 
 
-def _resample(new: dict[str, Any], config: DictConfig, base: dict[str, Any], size: list[int],
-              data_identifier: str) -> None:
-    """Make ``new`` a high-resolution configuration: the spacing that resamples the median image to
-    ``size`` (a multiple of the backbone's patch), patches of that size and its own preprocessed data."""
-    model_name = new["architecture"]["arch_kwargs"]["model_name"]
-    patch = _patch_multiple(config, model_name)
+def _resample(new: dict[str, Any], config: DictConfig, base: dict[str, Any], data_identifier: str) -> None:
+    """Make ``new`` (planned at the requested patch size) a high-resolution configuration: the spacing
+    that resamples the median image to that size, and its own preprocessed data."""
+    size, batch = new["patch_size"], new["batch_size"]
+    patch = _patch_multiple(config, new["architecture"]["arch_kwargs"]["model_name"])
     median, spacing = base.get("median_image_size_in_voxels"), base.get("spacing")
     if not median or not spacing:
         raise ConfigError("the plans' 2d configuration has no median_image_size_in_voxels or spacing to resample "
@@ -298,16 +297,14 @@ def _resample(new: dict[str, Any], config: DictConfig, base: dict[str, Any], siz
     new_spacing = [s * m / t for s, m, t in zip(spacing, median, size)]
     default = _snapped_quietly(list(base["patch_size"]), patch)
     tokens, tokens_2d = _tokens(size, patch), _tokens(default, patch)
-    batch = config.train.batch_size or _default_batch_size(model_name, size, patch, base)
-    new.update(patch_size=size, spacing=new_spacing, median_image_size_in_voxels=[float(t) for t in size],
-               batch_size=int(batch), data_identifier=data_identifier)
-    new["segzoo"]["train"]["patch_size"], new["segzoo"]["train"]["batch_size"] = size, int(batch)
+    new.update(spacing=new_spacing, median_image_size_in_voxels=[float(t) for t in size],
+               data_identifier=data_identifier)
     scale = " x ".join(f"{t / m:.3g}" for t, m in zip(size, median))
     print(f"High-resolution plan: the median image ({' x '.join(f'{m:g}' for m in median)} px at "
           f"{' x '.join(f'{s:.4g}' for s in spacing)} mm) is resampled by {scale} to {size[0]} x {size[1]} px "
           f"({' x '.join(f'{s:.4g}' for s in new_spacing)} mm); {tokens} tokens per patch against {tokens_2d} "
           f"for the plain plan's {default[0]} x {default[1]} (memory and time per image about {tokens / tokens_2d:.1f}x, "
-          f"more for attention); batch size {int(batch)} from the memory model")
+          f"more for attention); batch size {batch} from the memory model")
     if any(t > m for t, m in zip(size, median)):
         print(f"Note: {size[0]} x {size[1]} exceeds the median image size; nnU-Net upsamples the images, which adds "
               "no detail: it gives thin structures and small lesions more tokens, at the cost above")

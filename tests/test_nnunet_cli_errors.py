@@ -223,3 +223,16 @@ def test_the_demos_predictor_looks_trainers_up_through_the_guard(nn_tree, monkey
         demo._predict("nnUNetTrainerSegZoo", ZOO, tmp_path, tmp_path / "out", torch.device("cpu"))
     assert seen == [(True, find_trainer_class("nnUNetTrainerSegZoo"))]
     assert predict_module.recursive_find_trainer_class_by_name is nnunet_search  # restored afterwards
+
+
+def test_a_highres_plan_that_cannot_be_made_is_refused_and_nothing_is_written(nn_tree, capsys, tmp_path):
+    plan = ["plan", str(DATASET_ID), "--model", "segformer_dinov3_small", "--patch-size"]
+    assert _refused([*plan, "0", "64"], capsys).endswith(
+        "--patch-size takes two positive sizes, height and width; got [0, 64]")
+    both = tmp_path / "both.yaml"
+    both.write_text("train:\n  patch_size: [64, 64]\n")
+    assert "train.patch_size in the YAML sets only the patch. Give one of them" in _refused(
+        [*plan, "96", "96", "--config", str(both)], capsys)
+    # the hand-made plans have no median image size: nothing to resample from
+    assert "run `nnUNetv2_plan_and_preprocess -d DATASET -c 2d` again" in _refused([*plan, "96", "96"], capsys)
+    _nothing_written(nn_tree)
