@@ -133,3 +133,27 @@ def transformers_dinov2(width: int = 64, depth: int = 4, heads: int = 2, image_s
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
     return model.eval()
+
+
+def dinov2_repo_layout(model) -> dict:
+    """A transformers DINOv2 model's tensors under the DINOv2 repository's names (``torch.hub``'s
+    ``dinov2_vitb14`` state dict: flat ``blocks.N.``, one ``attn.qkv``), as RAD-DINO's
+    backbone_compatible.safetensors holds them; read from the modules, not by renaming keys."""
+    emb = model.embeddings
+    out = {"cls_token": emb.cls_token, "mask_token": emb.mask_token, "pos_embed": emb.position_embeddings,
+           "patch_embed.proj.weight": emb.patch_embeddings.projection.weight,
+           "patch_embed.proj.bias": emb.patch_embeddings.projection.bias,
+           "norm.weight": model.layernorm.weight, "norm.bias": model.layernorm.bias}
+    for i, layer in enumerate(model.encoder.layer):
+        attn = layer.attention
+        parts = {
+            "norm1": layer.norm1, "norm2": layer.norm2, "mlp.fc1": layer.mlp.fc1, "mlp.fc2": layer.mlp.fc2,
+            "attn.proj": attn.o_proj,
+        }
+        for name, module in parts.items():
+            out[f"blocks.{i}.{name}.weight"], out[f"blocks.{i}.{name}.bias"] = module.weight, module.bias
+        for kind in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([getattr(p, kind) for p in (attn.q_proj, attn.k_proj,
+                                                                                      attn.v_proj)])
+        out[f"blocks.{i}.ls1.gamma"], out[f"blocks.{i}.ls2.gamma"] = layer.layer_scale1.lambda1, layer.layer_scale2.lambda1
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}

@@ -98,6 +98,8 @@ _FAMILY_LICENCES = {
     "segformer_retfound_large": ("cc-by-nc-4.0", None, None),
     "segformer_retfound_dinov2_large": ("cc-by-nc-4.0", None, None),
     "segformer_visionfm_base": ("other", "visionfm-research-use", "https://github.com/ABILab-CUHK/VisionFM"),
+    "segformer_meddinov3_base": ("apache-2.0", None, None),
+    "segformer_rad_dino_base": ("other", "msrla", "https://huggingface.co/microsoft/rad-dino/blob/main/LICENSE"),
     "segformer_mit_b0": ("other", "nvidia-segformer-license", "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"),
 }
 
