@@ -8,17 +8,24 @@ then the crop and transpose undone. Images must already be at the configuration'
 spacing (nnU-Net would resample; natural images and most 2D data need none)::
 
     predictor = OnnxFoldPredictor("fold0.onnx")          # reads fold0.json
-    labels = predictor.predict(image)                     # image (C, H, W) or (C, Z, Y, X)
+    labels = predictor.predict(image)                     # a natural image (C, H, W)
+    labels = predictor.predict(volume, spacing=(z, y, x))  # a volume (C, Z, Y, X) and its spacing
 
 ``python -m nnunet_bridge.deploy.onnx_predict fold0.onnx -i imagesTs -o predictions`` does this
-for a folder of PNG images named as nnU-Net names them (``case_0000.png``).
+for a folder of cases named as nnU-Net names them (``case_0000.png``), in the file type of the
+fold's dataset (``file_ending`` in the JSON), read as nnU-Net's readers read them: PNG, BMP and
+2D TIFF natural images (Pillow, tifffile), 3D TIFF with nnU-Net's ``case.json`` spacing file
+(tifffile), NIfTI (nibabel). Each is imported only when its files are read; a missing one is named.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib.util
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -52,7 +59,9 @@ class OnnxFoldPredictor:
     def predict(self, image: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
         """Labels of ``image`` (channels first, as nnU-Net's readers give it), same spatial shape.
 
-        ``spacing``, if given, is checked against the configuration's (this predictor does not resample).
+        ``spacing``: the image's voxel spacing in its own axis order, checked against the
+        configuration's (this predictor does not resample). Required for a volume (C, Z, Y, X),
+        whose axis order is checked with it; optional for a natural image (C, H, W).
         """
         channels = len(self.facts["channels"])
         if image.ndim not in (3, 4) or image.shape[0] != channels:
@@ -60,7 +69,12 @@ class OnnxFoldPredictor:
                              f"({', '.join(c['name'] for c in self.facts['channels'])}), got shape {image.shape}")
         flat = image.ndim == 3
         data = image[:, None] if flat else image  # nnU-Net treats a 2D image as one slice
-        self._check_spacing(spacing, data.ndim - 1)
+        if spacing is None and not flat:
+            raise ValueError("a volume needs its spacing to check its axis order and resolution: pass spacing=... in "
+                             "the volume's axis order, (z, y, x) for (C, Z, Y, X) as nnU-Net's readers give it (NIfTI: "
+                             "the header's zooms reversed)")
+        if spacing is not None:
+            self._check_spacing(spacing, flat)
         forward = self.facts.get("transpose_forward", [0, 1, 2])
         data = data.transpose([0, *[a + 1 for a in forward]]).astype(np.float32)
         labels = np.zeros(data.shape[1:], dtype=self.label_values.dtype)  # outside the crop: background
@@ -72,14 +86,31 @@ class OnnxFoldPredictor:
         labels = labels.transpose(self.facts.get("transpose_backward", [0, 1, 2]))
         return labels[0] if flat else labels
 
-    def _check_spacing(self, spacing: Sequence[float] | None, ndim: int) -> None:
-        if spacing is None:
+    def _check_spacing(self, spacing: Sequence[float], flat: bool) -> None:
+        """The spacing, brought into nnU-Net's axis order (transpose_forward), against the configuration's;
+        a mismatch that another axis order would fix is named as one."""
+        given = [float(v) for v in spacing]
+        if flat and len(given) == 2:
+            given = [999.0, *given]  # nnU-Net's spacing of the slice axis of a natural image
+        forward = self.facts.get("transpose_forward", [0, 1, 2])
+        target = [float(v) for v in self.facts["spacing"]]
+        if len(given) != len(forward):
+            raise ValueError(f"spacing {list(spacing)} has {len(spacing)} values; the image has {len(forward)} "
+                             f"spatial axes{' (or give the 2 in-plane ones)' if flat else ''}")
+
+        def fits(order: Sequence[int]) -> bool:  # a 2d configuration's spacing covers the in-plane axes only
+            return bool(np.allclose([given[order[a]] for a in forward][-len(target):], target, rtol=1e-3))
+
+        if fits(range(len(given))):
             return
-        target = list(self.facts["spacing"])
-        in_plane = list(spacing)[-len(target):]  # a 2d configuration keeps the slice axis as it is
-        if not np.allclose(in_plane, target, rtol=1e-3):
-            raise ValueError(f"image spacing {list(spacing)} differs from the configuration's {target}: resample "
-                             "the image to that spacing first (nnUNetv2_predict does it for you)")
+        if any(fits(order) for order in itertools.permutations(range(len(given)))):
+            raise ValueError(f"image spacing {list(spacing)} fits the configuration's {target} only in another axis "
+                             "order: the image's axes are not in the order the fold was trained on; give it (and its "
+                             "spacing) as nnU-Net's readers do, (C, Z, Y, X) for a volume (NIfTI: the file's (x, y, z) "
+                             f"reversed), with the dataset's orientation (transpose_forward {forward})")
+        raise ValueError(f"image spacing {list(spacing)} differs from the configuration's {target} (in-plane, after "
+                         f"transpose_forward {forward}): resample the image to that spacing first (nnUNetv2_predict "
+                         "does it for you)")
 
     def _sliding_window(self, data: np.ndarray) -> np.ndarray:
         """Logits (K, *spatial) of a normalised, cropped case; a 2d configuration runs slice by slice."""
@@ -180,27 +211,146 @@ def _label_values(labels: dict) -> np.ndarray:
     return np.asarray(values, dtype=np.uint8 if max(values) < 256 else np.uint16)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from PIL import Image  # reads the PNG folders of this command only, not a dependency of predict()
+# -- the command: nnU-Net's file types ------------------------------------------------------
 
-    parser = argparse.ArgumentParser(description="Predict a folder of PNG images with an exported nnU-Net fold.")
+NATURAL_ENDINGS = (".png", ".bmp")  # NaturalImage2DIO (".tif" too, when the file is 2D)
+VOLUME_ENDINGS = (".nii.gz", ".nii", ".tiff")  # NibabelIO / SimpleITKIO, Tiff3DIO
+_PACKAGES = {".png": ("PIL", "pillow"), ".bmp": ("PIL", "pillow"), ".tif": ("tifffile", "tifffile"),
+             ".tiff": ("tifffile", "tifffile"), ".nii": ("nibabel", "nibabel"), ".nii.gz": ("nibabel", "nibabel")}
+
+
+def read_case(files: Sequence[str | Path], ending: str) -> tuple[np.ndarray, tuple[float, ...], dict]:
+    """One case's channel files (``case_0000``, ``case_0001``, ...) as nnU-Net's reader for ``ending``
+    gives them: a natural image ``(C, H, W)`` with spacing ``(1, 1)``, or a volume ``(C, Z, Y, X)`` and
+    its spacing in that order; and what :func:`write_labels` needs to write the labels in its geometry."""
+    _require(ending)
+    planes, spacings, geometry = [], [], {}
+    for file in map(str, files):
+        if ending in NATURAL_ENDINGS:
+            from PIL import Image
+
+            array, spacing = _natural(np.asarray(Image.open(file)), file), (1.0, 1.0)
+        elif ending in (".nii", ".nii.gz"):
+            import nibabel
+
+            volume = nibabel.load(file)
+            if volume.ndim != 3:
+                raise ValueError(f"{file}: a {volume.ndim}D NIfTI; nnU-Net reads 3D volumes, one file per channel")
+            array = np.asarray(volume.get_fdata(), np.float32).transpose(2, 1, 0)[None]  # (x, y, z) -> (1, z, y, x)
+            spacing = tuple(float(v) for v in volume.header.get_zooms()[::-1])
+            geometry = {"affine": volume.affine, "header": volume.header}
+        elif ending in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(file)
+            if ending == ".tif" and (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+                array, spacing = _natural(array, file), (1.0, 1.0)
+            elif array.ndim == 3:  # Tiff3DIO: (z, y, x), spacing from case.json beside it
+                spacing = _tiff_spacing(Path(file), ending)
+                array, geometry = array[None].astype(np.float32), {"spacing": list(spacing)}
+            else:
+                raise ValueError(f"{file}: a TIFF of shape {array.shape}; nnU-Net reads 2D images (H, W[, 3 or 4]) "
+                                 "or 3D volumes (Z, Y, X)")
+        else:
+            raise ValueError(f"this predictor reads {', '.join(_PACKAGES)} files, as nnU-Net does; {ending} needs "
+                             "SimpleITK: use nnUNetv2_predict")
+        planes.append(array)
+        spacings.append(spacing)
+    if len({p.shape[1:] for p in planes}) > 1 or len(set(spacings)) > 1:
+        raise ValueError(f"the channel files {[str(f) for f in files]} differ in shape or spacing: "
+                         f"{[p.shape[1:] for p in planes]}, {spacings}")
+    image = np.concatenate(planes).astype(np.float32)
+    return image, spacings[0], geometry
+
+
+def write_labels(labels: np.ndarray, path: str | Path, ending: str, geometry: dict) -> None:
+    """Labels in ``ending``'s format, as nnU-Net writes them: the input's geometry for a NIfTI, a
+    ``case.json`` spacing file beside a 3D TIFF."""
+    path = Path(path)
+    if ending in NATURAL_ENDINGS:
+        from PIL import Image
+
+        Image.fromarray(labels).save(path)
+    elif ending in (".nii", ".nii.gz"):
+        import nibabel
+
+        header = geometry["header"].copy()
+        header.set_data_dtype(labels.dtype)
+        header.set_slope_inter(1, 0)
+        nibabel.save(nibabel.Nifti1Image(labels.transpose(2, 1, 0), geometry["affine"], header), str(path))
+    else:
+        import tifffile
+
+        tifffile.imwrite(path, labels, compression="zlib" if labels.ndim == 3 else None)
+        if labels.ndim == 3:
+            path.with_name(path.name[:-len(ending)] + ".json").write_text(json.dumps({"spacing": geometry["spacing"]}))
+
+
+def _natural(array: np.ndarray, file: str) -> np.ndarray:
+    """NaturalImage2DIO: (H, W) grey or (H, W, 3 or 4) RGB(A) -> channels first."""
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        return array.transpose(2, 0, 1).astype(np.float32)
+    if array.ndim == 2:
+        return array[None].astype(np.float32)
+    raise ValueError(f"{file}: an image of shape {array.shape}; nnU-Net reads (H, W) or (H, W, 3 or 4)")
+
+
+def _tiff_spacing(file: Path, ending: str) -> tuple[float, ...]:
+    """Tiff3DIO's spacing file: ``case.json`` for ``case_0000.tif``; (1, 1, 1) without one, as nnU-Net assumes."""
+    aux = file.with_name(file.name[:-len(ending) - 5] + ".json")
+    if not aux.is_file():
+        print(f"no spacing file {aux.name} beside {file.name}: assuming spacing (1, 1, 1), as nnU-Net does",
+              file=sys.stderr)
+        return (1.0, 1.0, 1.0)
+    return tuple(float(v) for v in json.loads(aux.read_text())["spacing"])
+
+
+def _require(ending: str) -> None:
+    module, package = _PACKAGES.get(ending, (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise ImportError(f"reading {ending} files needs {module}: pip install {package}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Predict a folder of cases with an exported nnU-Net fold, reading "
+                                                 "and writing the file type of the fold's dataset as nnU-Net does.")
     parser.add_argument("onnx", help="the ONNX file written by `segzoo-nnunet export` (its .json beside it)")
-    parser.add_argument("-i", required=True, help="folder of case_0000.png, case_0001.png, ... (one file per channel)")
-    parser.add_argument("-o", required=True, help="output folder for case.png label maps")
+    parser.add_argument("-i", required=True, help="folder of case_0000<ending>, case_0001<ending>, ... (one file per "
+                                                  "channel; <ending> as in the fold's dataset, e.g. .png or .nii.gz)")
+    parser.add_argument("-o", required=True, help="output folder for case<ending> label maps")
     args = parser.parse_args(argv)
-    predictor = OnnxFoldPredictor(args.onnx)
-    out = Path(args.o)
-    out.mkdir(parents=True, exist_ok=True)
-    cases = sorted({p.name.rsplit("_", 1)[0] for p in Path(args.i).glob("*_0000.png")})
-    if not cases:
-        raise SystemExit(f"no *_0000.png images in {args.i}")
-    for n, case in enumerate(cases, 1):
-        files = sorted(Path(args.i).glob(f"{case}_[0-9][0-9][0-9][0-9].png"))
-        planes = [np.asarray(Image.open(f)) for f in files]
-        image = np.concatenate([p.transpose(2, 0, 1) if p.ndim == 3 else p[None] for p in planes])
-        Image.fromarray(predictor.predict(image)).save(out / f"{case}.png")
-        print(f"[{n}/{len(cases)}] {case}.png")
+    try:
+        predictor = OnnxFoldPredictor(args.onnx)
+        _predict_folder(predictor, Path(args.i), Path(args.o))
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"onnx_predict: error: {err}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _predict_folder(predictor: OnnxFoldPredictor, folder: Path, out: Path) -> None:
+    ending = predictor.facts.get("file_ending", ".png")  # exports before the JSON recorded it: PNG datasets
+    reader = predictor.facts.get("image_reader", "by file ending")
+    if "Reorient" in reader:
+        raise ValueError(f"the fold's dataset reads its images with {reader}, which reorients them; this predictor "
+                         "reads them as stored: use nnUNetv2_predict")
+    cases = sorted(p.name[:-len("_0000" + ending)] for p in folder.glob(f"*_0000{ending}"))
+    if not cases:
+        found = sorted({"".join(p.suffixes) for p in folder.glob("*_0000.*")})
+        raise FileNotFoundError(f"no *_0000{ending} images in {folder} (the fold's dataset has {ending} files)"
+                                + (f"; found {', '.join(found)}" if found else ""))
+    out.mkdir(parents=True, exist_ok=True)
+    for n, case in enumerate(cases, 1):
+        # as nnU-Net lists a case: every case_XXXX file (an RGB image is one file of three channels)
+        files = sorted(folder.glob(f"{glob.escape(case)}_[0-9][0-9][0-9][0-9]{ending}"))
+        try:
+            image, spacing, geometry = read_case(files, ending)
+            flat = image.ndim == 3
+            labels = predictor.predict(image, spacing=spacing)
+        except ValueError as err:
+            raise ValueError(f"case {case}: {err}") from None
+        write_labels(labels, out / f"{case}{ending}", ending, geometry if not flat else {})
+        print(f"[{n}/{len(cases)}] {case}{ending}")
 
 
 if __name__ == "__main__":
