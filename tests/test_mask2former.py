@@ -93,8 +93,10 @@ def test_channel_dimension_target_accepted_and_in_chans(tiny):
 def test_loss_errors_name_the_fix(model):
     x, target = _batch()
     outputs = model(x)
-    with pytest.raises(ValueError, match=r"class ids must lie in \[0, 2\].*\[0, 10\]"):
+    with pytest.raises(ValueError, match=r"target holds 5, 10: neither class ids in \[0, 2\].*nor ignore_index=255"):
         model.compute_loss(outputs, target * 5)
+    with pytest.raises(ValueError, match=r"ignore_index=1 is a class id for num_classes=3"):
+        model.compute_loss(outputs, target, ignore_index=1)
     with pytest.raises(TypeError, match=r"integer tensor.*target.long\(\)"):
         model.compute_loss(outputs, target.float())
     with pytest.raises(ValueError, match=r"shape \(B, H, W\) with B=2"):

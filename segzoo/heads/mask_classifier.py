@@ -3,7 +3,8 @@
 
 The heads subclass transformers' ``PreTrainedModel`` classes and mix this in first; they
 provide ``class_predictor``, ``criterion`` (transformers' loss, with ``empty_weight`` and
-``eos_coef``), ``loss_weights``, ``auxiliary_loss``, ``config`` and transformers' ``_init_weights``.
+``eos_coef``, whose matcher is a :class:`~segzoo.heads.mask_matching.BatchedHungarianMatcher`),
+``loss_weights``, ``auxiliary_loss``, ``config`` and transformers' ``_init_weights``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from .._validation import positive_int
+from .mask_matching import point_mask_losses
 
 __all__ = ["MaskClassifierMixin", "MaskOutputs"]
 
@@ -51,20 +53,34 @@ class MaskClassifierMixin:
         criterion.empty_weight = empty_weight  # stays a registered buffer
 
     def loss_components(
-        self, outputs: MaskOutputs, mask_labels: list[torch.Tensor], class_labels: list[torch.Tensor]
+        self,
+        outputs: MaskOutputs,
+        mask_labels: list[torch.Tensor],
+        class_labels: list[torch.Tensor],
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Weighted Hungarian-matched losses (class cross-entropy, mask BCE, mask dice) of the
-        final prediction and, with ``auxiliary_loss``, of every earlier one (in float32)."""
-        aux = (outputs.get("auxiliary_outputs") or None) if self.auxiliary_loss else None
-        if aux is not None:
-            aux = [{k: v.float() for k, v in layer.items()} for layer in aux]
-        losses = self.criterion(
-            masks_queries_logits=outputs["masks_queries_logits"].float(),
-            class_queries_logits=outputs["class_queries_logits"].float(),
-            mask_labels=mask_labels,
-            class_labels=class_labels,
-            auxiliary_predictions=aux,
-        )
+        final prediction and, with ``auxiliary_loss``, of every earlier one (in float32), named
+        as transformers' loss names them.
+
+        ``valid`` (``(B, H, W)`` at the targets' size, 0 at ignored pixels) leaves those pixels
+        out of the matching costs, the point sampling and the mask losses; without it the losses
+        are transformers' (the same random points too).
+        """
+        predictions = [outputs]
+        if self.auxiliary_loss:
+            predictions += list(outputs.get("auxiliary_outputs") or [])
+        criterion = self.criterion
+        num_masks = criterion.get_num_masks(class_labels, device=class_labels[0].device)
+        losses: dict[str, torch.Tensor] = {}
+        for index, prediction in enumerate(predictions):
+            masks = prediction["masks_queries_logits"].float()
+            classes = prediction["class_queries_logits"].float()
+            indices = criterion.matcher(masks, classes, mask_labels, class_labels, valid)
+            step = {**point_mask_losses(criterion, masks, mask_labels, indices, num_masks, valid),
+                    **criterion.loss_labels(classes, class_labels, indices)}
+            suffix = "" if index == 0 else f"_{index - 1}"  # transformers' names: loss_mask, loss_mask_0, ...
+            losses.update({f"{name}{suffix}": value for name, value in step.items()})
         for name in losses:
             weight = next(w for key, w in self.loss_weights.items() if name.startswith(key))
             losses[name] = losses[name] * weight

@@ -4,20 +4,21 @@ The zoo contract for models trained with their own loss:
 
 - ``train()``: ``forward`` returns the head's raw outputs (a dict; for Mask2Former
   ``class_queries_logits``, ``masks_queries_logits``, ``auxiliary_outputs``), and
-  ``compute_loss(outputs, target)`` with ``target`` the ``(B, H, W)`` class ids of the
-  input returns the scalar training loss.
+  ``compute_loss(outputs, target, ignore_index=255)`` with ``target`` the ``(B, H, W)``
+  class ids of the input returns the scalar training loss.
 - ``eval()``: ``forward`` returns ``(B, num_classes, H, W)`` semantic logits like every
   zoo model, so softmax/argmax consumers (nnU-Net's predictor included) work unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..heads.mask2former import label_map_to_mask_targets
+from ..losses import check_target
 from .segmenter import Segmenter
 
 __all__ = ["MaskClassificationSegmenter"]
@@ -54,47 +55,47 @@ class MaskClassificationSegmenter(Segmenter):
         """The head's raw outputs for an input already padded to whole patches."""
         return self.decode_head(self.neck(self.backbone(padded)))
 
-    def compute_loss(self, outputs: Any, target: torch.Tensor) -> torch.Tensor:
-        """Set-prediction loss of train-mode ``outputs`` against per-pixel class ids.
+    def compute_loss(self, outputs: Any, target: torch.Tensor, ignore_index: int | None = 255) -> torch.Tensor:
+        """Set-prediction loss of train-mode ``outputs`` against per-pixel class ids: the
+        Hungarian-matched class cross-entropy, mask BCE and mask Dice (weights 2, 5, 5), of the
+        final prediction and of each earlier one with ``deep_supervision``.
 
         Args:
             outputs: what ``forward`` returned in ``train()`` mode.
             target: integer class ids ``(B, H, W)`` (or ``(B, 1, H, W)``) at the input size,
-                values in ``[0, num_classes)``.
+                values in ``[0, num_classes)`` or ``ignore_index``.
+            ignore_index: label of the pixels left out of the matching costs, the point sampling
+                and the mask losses (``None``: every pixel must be a class id).
 
-        The target is padded like the input; padded pixels belong to no class mask
-        (as in Mask2Former's own padding), then each image's classes become one binary
-        mask each for the Hungarian-matched mask + dice + class losses.
+        The target is padded like the input; padded pixels belong to no class mask (as in
+        Mask2Former's own padding), then each image's classes become one binary mask each.
         """
         if not isinstance(outputs, dict) or "masks_queries_logits" not in outputs:
             raise TypeError(
                 "compute_loss needs the outputs of a forward pass in train() mode (a dict with "
-                f"'masks_queries_logits'), got {type(outputs).__name__}; call model.train() before the forward pass"
+                f"'masks_queries_logits'), got {type(outputs).__name__}; call model.train() before the forward pass "
+                "(in eval() the model returns per-pixel log-probabilities, for inference)"
             )
-        target = self._check_target(target, outputs["masks_queries_logits"].shape[0])
+        masks = outputs["masks_queries_logits"]
+        target = check_target(target, self.num_classes, ignore_index, batch_size=masks.shape[0])
         pad_h = -target.shape[-2] % self.pad_multiple
         pad_w = -target.shape[-1] % self.pad_multiple
         if pad_h or pad_w:
             target = F.pad(target, (0, pad_w, 0, pad_h), value=-1)
+        valid = (target != ignore_index).float() if ignore_index is not None else None
         mask_labels, class_labels = label_map_to_mask_targets(target, self.num_classes)
-        losses = self.decode_head.loss_components(outputs, mask_labels, class_labels)
+        losses = self.decode_head.loss_components(outputs, mask_labels, class_labels, valid)
         return torch.stack(list(losses.values())).sum()
 
-    def _check_target(self, target: torch.Tensor, batch_size: int) -> torch.Tensor:
-        if not isinstance(target, torch.Tensor):
-            raise TypeError(f"target must be a torch.Tensor of class ids (B, H, W), got {type(target).__name__}")
-        if target.ndim == 4 and target.shape[1] == 1:
-            target = target[:, 0]
-        if target.ndim != 3 or target.shape[0] != batch_size:
-            raise ValueError(
-                f"target must hold class ids of shape (B, H, W) with B={batch_size}, got shape {tuple(target.shape)}"
+    def forward_head(self, features: Sequence[torch.Tensor], pre_logits: bool = False) -> dict[str, Any]:
+        """The head's set predictions from ``forward_features``' maps: the dict ``forward``
+        returns in ``train()`` (masks at the finest map's resolution; in ``eval()`` ``forward``
+        turns them into per-pixel log-probabilities). ``pre_logits`` has no per-pixel meaning
+        here: the class predictor reads one embedding per query, not per pixel."""
+        if pre_logits:
+            raise NotImplementedError(
+                f"{type(self).__name__} classifies queries, not pixels: there are no per-pixel features before its "
+                "classifier; use forward_features for the backbone's maps or forward_head(features) for the set "
+                "predictions"
             )
-        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-            raise TypeError(f"target must be an integer tensor of class ids, got {target.dtype}; use target.long()")
-        low, high = torch.stack([target.min(), target.max()]).tolist()  # one host copy
-        if low < 0 or high >= self.num_classes:
-            raise ValueError(
-                f"target class ids must lie in [0, {self.num_classes - 1}] for num_classes={self.num_classes}, "
-                f"got values in [{low}, {high}]"
-            )
-        return target.long()
+        return self.decode_head(features)
