@@ -62,6 +62,21 @@ def test_one_channel_model(tiny):
     assert model(torch.randn(1, 1, 70, 70)).shape == (1, 2, 70, 70)
 
 
+@pytest.mark.parametrize("name, in_chans", [("segformer_dinov3_small", 3), ("eomt_dinov3_small", 3),
+                                             ("segformer_dinov3_small", 1)])
+def test_a_channels_last_input_is_named_as_such(tiny, name, in_chans):
+    kwargs = dict(backbone_kwargs=tiny["backbone_kwargs"]) if name.startswith("eomt_") else tiny
+    model = segzoo.create_model(name, num_classes=2, in_chans=in_chans, **kwargs).eval()
+    image = torch.randn(2, 64, 48, in_chans)
+    with pytest.raises(ValueError, match=rf"\(2, 64, 48, {in_chans}\) looks channels-last.*x.permute\(0, 3, 1, 2\)"):
+        model(image)
+    with torch.no_grad():
+        assert model(image.permute(0, 3, 1, 2)).shape == (2, 2, 64, 48)
+    # a real channel-count mismatch still suggests in_chans
+    with pytest.raises(ValueError, match=f"expects {in_chans} input channel.*in_chans=5"):
+        model(torch.randn(2, 5, 64, 48))
+
+
 def test_feature_indices_choose_blocks_and_prune_the_rest():
     model = segzoo.create_model(
         "segformer_dinov3_base", num_classes=2, backbone_kwargs=dict(depth=6, embed_dim=64, num_heads=2),

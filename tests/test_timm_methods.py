@@ -1,6 +1,6 @@
 """The methods timm users reach for, on every zoo model: get_classifier / reset_classifier,
-forward_features / feature_info, group_matcher / no_weight_decay (through timm's own
-optimizer factory), and segzoo.optim.param_groups on MiT."""
+forward_features / feature_info / forward_head / num_features, group_matcher / no_weight_decay
+(through timm's own optimizer factory), and segzoo.optim.param_groups on MiT."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.tiny_models import TINY, TINY_EOMT, TINY_MASK2FORMER, TINY_MIT
 MODELS = {
     "segformer": ("segformer_dinov2_reg4_small", TINY),
     "upernet": ("upernet_dinov3_small", TINY),
+    "dpt": ("dpt_dinov3_small", TINY),
     "mask2former": ("mask2former_dinov2_small", {**TINY, **TINY_MASK2FORMER}),
     "eomt": ("eomt_dinov3_small", TINY_EOMT),
     "mit": ("segformer_mit_b0", TINY_MIT),
@@ -93,7 +94,7 @@ def test_reset_classifier_mask2former_moves_the_no_object_class():
     loss = model.compute_loss(outputs, torch.randint(0, 5, (2, 56, 56)))
     assert torch.isfinite(loss)
     loss.backward()
-    with pytest.raises(ValueError, match=r"must lie in \[0, 4\]"):
+    with pytest.raises(ValueError, match=r"target holds 5: neither class ids in \[0, 4\]"):
         model.compute_loss(outputs, torch.full((2, 56, 56), 5))
     assert model.eval()(torch.randn(1, 3, 56, 56)).shape == (1, 5, 56, 56)
 
@@ -187,6 +188,51 @@ def test_forward_features_feeds_the_head(tiny):
         assert torch.allclose(logits, model(images))
     with pytest.raises(ValueError, match="4-D input"):
         model.forward_features(torch.randn(3, 64, 64))
+
+
+# (key, the head's logits per side of its finest input map: DPT's fusion and head upsample x4)
+DENSE = [("segformer", 1), ("upernet", 1), ("dpt", 4), ("mit", 1)]
+
+
+@pytest.mark.parametrize("key, scale", DENSE)
+def test_forward_head_splits_forward_and_pre_logits_are_what_the_classifier_reads(key, scale):
+    model = _create(key).eval()
+    images = torch.randn(2, 3, 64, 64)
+    padded = -(-64 // model.pad_multiple) * model.pad_multiple  # the maps belong to the padded input
+    classifier = model.get_classifier()
+    assert model.num_features == classifier.in_channels == 32  # the tiny heads' decoder_hidden_size
+    with torch.no_grad():
+        features = model.forward_features(images)
+        logits = model.forward_head(features)
+        assert logits.shape == (2, 3, features[0].shape[-2] * scale, features[0].shape[-1] * scale)
+        upsampled = nn.functional.interpolate(logits, size=(padded, padded), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(upsampled[..., :64, :64], model(images))
+        pre_logits = model.forward_head(features, pre_logits=True)
+        assert pre_logits.shape[:2] == (2, model.num_features)
+        # the classifier on the pre-logits gives the logits (DPT upsamples them x2 after it)
+        direct = classifier(pre_logits)
+        if direct.shape[-2:] != logits.shape[-2:]:
+            direct = nn.functional.interpolate(direct, size=logits.shape[-2:], mode="bilinear", align_corners=True)
+        torch.testing.assert_close(direct, logits)
+    assert not classifier._forward_pre_hooks  # the capture leaves nothing behind
+
+
+def test_set_heads_forward_head_and_num_features():
+    model = _create("mask2former").train()
+    images = torch.randn(2, 3, 64, 64)
+    assert model.num_features == model.decode_head.class_predictor.in_features == TINY["decoder_hidden_size"]
+    torch.manual_seed(0)
+    outputs = model.forward_head(model.forward_features(images))
+    features = model.forward_features(images)
+    assert outputs["masks_queries_logits"].shape == (2, 8, *features[0].shape[-2:])
+    torch.manual_seed(0)
+    torch.testing.assert_close(outputs["class_queries_logits"], model(images)["class_queries_logits"])
+    with pytest.raises(NotImplementedError, match="classifies queries, not pixels"):
+        model.forward_head(model.forward_features(images), pre_logits=True)
+    eomt = _create("eomt")
+    assert eomt.num_features == eomt.backbone.embed_dim
+    with pytest.raises(NotImplementedError, match=r"queries join the ViT's last 2 blocks.*model\(x\)"):
+        eomt.forward_head(eomt.forward_features(images))
 
 
 def test_feature_info_of_a_fixed_size_model(tiny):

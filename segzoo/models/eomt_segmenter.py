@@ -74,6 +74,16 @@ class EomtSegmenter(MaskClassificationSegmenter):
         tokens, _ = self._encode(padded, grid)
         return [self._patch_map(self.backbone.model.norm(tokens), grid)]
 
+    def forward_head(self, features: Any, pre_logits: bool = False) -> Any:
+        """Not defined for EoMT: its queries run inside the ViT's last blocks, so no head maps
+        ``forward_features``' output to predictions. ``forward`` gives the set predictions (train)
+        or log-probabilities (eval)."""
+        raise NotImplementedError(
+            "EoMT has no head to run on forward_features' output: its queries join the ViT's last "
+            f"{self.decode_head.num_blocks} blocks. Call the model itself (model(x)) for the set predictions in "
+            "train() or the per-pixel log-probabilities in eval()"
+        )
+
     @property
     def feature_info(self) -> list[dict[str, Any]]:
         """One map: the normed patch tokens at the patch stride (see :meth:`forward_features`)."""

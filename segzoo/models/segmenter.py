@@ -12,6 +12,7 @@ from torch import nn
 from ..description import ModelDescription
 from .._validation import positive_int
 from .. import compat
+from ..losses import dice_ce_loss
 from ..optim import prefix_group_matcher
 
 __all__ = ["Segmenter"]
@@ -92,7 +93,70 @@ class Segmenter(nn.Module):
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :height, :width]
 
+    def compute_loss(
+        self,
+        outputs: torch.Tensor,
+        target: torch.Tensor,
+        ignore_index: int | None = 255,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
+        weight_ce: float = 1.0,
+        weight_dice: float = 1.0,
+        batch_dice: bool = True,
+    ) -> torch.Tensor:
+        """The training loss of ``forward``'s logits: nnU-Net's cross-entropy + soft Dice
+        (:func:`segzoo.losses.dice_ce_loss`: Dice over the batch and the foreground classes).
+
+        Args:
+            outputs: the ``(B, num_classes, H, W)`` logits ``forward`` returned.
+            target: integer class ids ``(B, H, W)`` or ``(B, 1, H, W)`` at the input size, each in
+                ``[0, num_classes)`` or ``ignore_index``.
+            ignore_index: label of the pixels left out of both terms (``None``: none is).
+            class_weights: ``num_classes`` weights of the cross-entropy term.
+            weight_ce, weight_dice, batch_dice: the terms' weights and the Dice's batch sum.
+        """
+        if isinstance(outputs, dict):
+            raise TypeError(
+                f"{type(self).__name__} predicts per-pixel logits, but compute_loss got a dict of set predictions "
+                "(a Mask2Former or EoMT model's train() outputs); pass this model's own forward output"
+            )
+        if isinstance(outputs, torch.Tensor) and outputs.ndim == 4 and outputs.shape[1] != self.num_classes:
+            raise ValueError(
+                f"outputs have {outputs.shape[1]} channels, the model predicts num_classes={self.num_classes}; "
+                "pass the logits of this model's forward pass"
+            )
+        return dice_ce_loss(outputs, target, ignore_index=ignore_index, class_weights=class_weights,
+                            weight_ce=weight_ce, weight_dice=weight_dice, batch_dice=batch_dice)
+
     # -- timm's model interface ----------------------------------------------------------
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the features the classifier reads (timm's name), ``get_classifier()``'s
+        input width: the per-pixel features ``forward_head(..., pre_logits=True)`` returns
+        (``decoder_hidden_size`` for SegFormer, UperNet and DPT), or the per-query embeddings of
+        Mask2Former. The several maps ``forward_features`` returns have their channels in
+        :attr:`feature_info`."""
+        classifier = self.get_classifier()
+        return int(classifier.in_channels if isinstance(classifier, nn.Conv2d) else classifier.in_features)
+
+    def forward_head(self, features: Sequence[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        """The decode head on ``forward_features``' maps (timm's split of ``forward``).
+
+        Returns the head's logits at its own resolution (the finest map's for SegFormer and
+        UperNet, 4x it for DPT), before ``forward`` resamples them to the padded input and crops;
+        with ``pre_logits=True``, the ``(B, num_features, h, w)`` features the classifier reads.
+        """
+        if not pre_logits:
+            return self.decode_head(features)
+        captured: list[torch.Tensor] = []
+        # the classifier's input, whatever the head computes around it (DPT upsamples after it)
+        hook = self.get_classifier().register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            self.decode_head(features)
+        finally:
+            hook.remove()
+        return captured[-1]
+
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The neck's output maps, finest first: what the decode head consumes.
@@ -237,6 +301,11 @@ class Segmenter(nn.Module):
             raise TypeError(
                 f"input dtype {x.dtype} differs from the model's weights ({weights.dtype}); convert with "
                 f"x.to({weights.dtype}) or run the model under torch.autocast"
+            )
+        if x.shape[1] != self.in_chans and x.shape[-1] == self.in_chans:
+            raise ValueError(
+                f"input of shape {tuple(x.shape)} looks channels-last (B, H, W, C); the model takes (B, C, H, W) "
+                f"with C = {self.in_chans}: use x.permute(0, 3, 1, 2)"
             )
         if x.shape[1] != self.in_chans:
             raise ValueError(
