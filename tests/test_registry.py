@@ -146,3 +146,19 @@ def test_giant_models_with_too_narrow_tiny_kwargs_name_the_rule():
     with pytest.raises(ValueError, match=r"SwiGLU MLP needs int\(embed_dim \* mlp_ratio\) to be even"):
         segzoo.create_model("segformer_dinov2_giant", num_classes=2,
                             backbone_kwargs=dict(depth=2, embed_dim=64, num_heads=2))
+
+
+def test_medical_backbones_build_the_published_architectures():
+    """MedDINOv3's model is vit_base(n_storage_tokens=4, qkv_bias=False, layerscale_init=1e-5) from its
+    repository; RAD-DINO's is DINOv2's ViT-B/14 at 518 px (a 37 x 37 position grid, as its processor crops)."""
+    import timm
+
+    with torch.device("meta"):
+        ct = timm.create_model(BACKBONES["meddinov3_base"].timm_arch, pretrained=False, num_classes=0)
+        cxr = timm.create_model(BACKBONES["rad_dino_base"].timm_arch, pretrained=False, num_classes=0)
+    assert (ct.embed_dim, len(ct.blocks), ct.reg_token.shape[1], ct.patch_embed.patch_size) == (768, 12, 4, (16, 16))
+    assert ct.blocks[0].attn.q_bias is None and ct.blocks[0].attn.qkv.bias is None  # no qkv bias at all
+    assert ct.blocks[0].gamma_1 is not None and ct.pos_embed is None  # LayerScale; RoPE, no position table
+    assert (cxr.embed_dim, len(cxr.blocks), cxr.patch_embed.patch_size, cxr.pos_embed.shape[1]) == \
+        (768, 12, (14, 14), 1 + 37 * 37)
+    assert cxr.reg_token is None and cxr.blocks[0].ls1.gamma.shape == (768,)
