@@ -321,6 +321,10 @@ def _resolve_format(checkpoint_format: str | None, raw: Mapping[str, Any]) -> st
     fmt = _FORMAT_ALIASES.get(checkpoint_format, checkpoint_format)
     if fmt not in CHECKPOINT_FORMATS:
         raise ValueError(f"unknown checkpoint_format {checkpoint_format!r}; choose one of {CHECKPOINT_FORMATS}")
+    if fmt == "transformers_segformer":  # this loader serves ViT backbones
+        vit_formats = [f for f in CHECKPOINT_FORMATS if f not in ("transformers_segformer", "segzoo")]
+        raise ValueError("checkpoint_format='transformers_segformer' is the layout of segformer_mit_* models' files; "
+                         f"a ViT backbone takes one of {vit_formats}")
     return fmt
 
 

@@ -157,3 +157,8 @@ def test_load_backbone_weights_refuses_the_same_way(files):
     model = segzoo.create_model("upernet_dinov3_small", num_classes=2, **tiny_kwargs("upernet_dinov3_small"))
     with pytest.raises(segzoo.CheckpointError, match=r"This file is for upernet_dinov2_<small\|base\|large\|giant>"):
         segzoo.load_backbone_weights(model, checkpoint_path=files["dinov2_timm"])
+
+
+def test_a_vit_model_refuses_the_segformer_format_by_name(files):
+    with pytest.raises(ValueError, match=r"'transformers_segformer' is the layout of segformer_mit_\* models"):
+        _create("dinov3", files["dinov3_timm"], checkpoint_format="transformers_segformer")
