@@ -171,7 +171,10 @@ def checkpoint_signature(checkpoint: Mapping[str, Any]) -> FileSignature:
     """What ``checkpoint`` looks like: its detected layout and the architecture its keys and shapes show
     (see :mod:`segzoo.backbones.checkpoint_families`)."""
     layout = detect_checkpoint_format(checkpoint)
-    return file_signature(layout, _encoder_state(dict(checkpoint), layout, [], "<checkpoint>"))
+    try:
+        return file_signature(layout, _encoder_state(dict(checkpoint), layout, [], "<checkpoint>"))
+    except CheckpointError:  # a teacher without backbone weights: the loader names the file and the problem
+        return FileSignature(layout, "unknown")
 
 
 def load_backbone_checkpoint(
