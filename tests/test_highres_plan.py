@@ -149,14 +149,20 @@ def test_highres_configuration_trains_and_stock_nnunet_predicts_at_the_images_si
     out = bridge(["plan", str(HIGHRES_ID), "--config", str(fundus["config"]), "--patch-size", "96", "96"], env)
     assert f"Configuration '{name}'" in out and "exceeds the median image size" in out
     dataset = next(Path(env["nnUNet_preprocessed"]).glob(f"Dataset{HIGHRES_ID}_*"))
-    conf = json.loads((dataset / "nnUNetPlans.json").read_text())["configurations"][name]
-    assert conf["patch_size"] == [96, 96] and conf["spacing"] == pytest.approx([64 / 96, 64 / 96])
+    configurations = json.loads((dataset / "nnUNetPlans.json").read_text())["configurations"]
+    conf, plain = configurations[name], configurations["2d"]
+    # nnU-Net's median image is the one after cropping the black border (about 60 px): that is what becomes 96 px
+    expected = [s * m / 96 for s, m in zip(plain["spacing"], plain["median_image_size_in_voxels"])]
+    assert conf["patch_size"] == [96, 96] and conf["spacing"] == pytest.approx(expected)
+    assert all(s < 1 for s in conf["spacing"])  # upsampled
     # nnU-Net's preprocessing ran at the new spacing: every training case is 96 x 96 pixels
     folder = dataset / f"nnUNetPlans_{name}"
     cases = infer_dataset_class(str(folder))(str(folder))
     assert len(cases.identifiers) == 5
-    data, seg, _, _ = cases.load_case(cases.identifiers[0])
-    assert tuple(data.shape) == (3, 1, 96, 96) and tuple(seg.shape) == (1, 1, 96, 96)
+    for identifier in cases.identifiers:  # about 96 x 96 pixels each, as cropped images differ a little
+        data, seg, _, _ = cases.load_case(identifier)
+        assert data.shape[:2] == (3, 1) and tuple(seg.shape) == tuple((1, *data.shape[1:]))
+        assert all(abs(side - 96) <= 8 for side in data.shape[2:]) and max(data.shape[2:]) > 64
 
     bridge(["train", str(HIGHRES_ID), name, "0", "-device", "cpu"], dict(env, nnUNet_n_proc_DA="0"))
     images = Path(env["nnUNet_raw"]) / dataset.name / "imagesTs"
