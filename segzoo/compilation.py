@@ -2,9 +2,10 @@
 
 Regional compilation compiles each repeated encoder block in place (every ViT block,
 every MiT layer), then the neck and the head. The blocks share their code and shapes,
-so dynamo traces one block and reuses the graph for the others: the first step costs
-seconds instead of the minute a whole ViT-L graph takes, any input size works, and
-most of the speed of a whole-graph compile remains (the blocks hold nearly all FLOPs).
+so dynamo traces one block and reuses the graph for the others: a ViT-L compiles about
+as fast as a ViT-S, and most of the speed of a whole-graph compile remains (the blocks
+hold nearly all FLOPs). Every input size works, but a new size can cost a recompile: see
+``dynamic`` in :func:`compile_model` and ``benchmarks/compile_cost.py`` for what each costs.
 
 Everything compiles *in place* (``nn.Module.compile``), never through a wrapper
 (``torch.compile(model)``): parameters keep their names, so ``state_dict``,
@@ -25,7 +26,8 @@ __all__ = ["COMPILE_MODES", "compile_model", "is_compiled", "regional_parts", "r
 COMPILE_MODES = ("regional", "whole")
 
 
-def compile_model(model: nn.Module, mode: str = "regional", **compile_kwargs: Any) -> nn.Module:
+def compile_model(model: nn.Module, mode: str = "regional", *, dynamic: bool | None = None,
+                  **compile_kwargs: Any) -> nn.Module:
     """Compile a zoo model in place with ``torch.compile`` and return it.
 
     Args:
@@ -36,7 +38,23 @@ def compile_model(model: nn.Module, mode: str = "regional", **compile_kwargs: An
             input size (``create_model(..., img_size=512)``) to avoid recompiling for every
             new size, and takes much longer to compile. If the whole graph fails to compile
             at the first call, the model is compiled regionally instead, with one warning.
-        compile_kwargs: passed to ``torch.compile`` (``backend``, ``mode``, ``dynamic``, ...);
+        dynamic: ``torch.compile``'s ``dynamic``, given to every compiled part. Each part
+            compiles at its first call, then again for an input size its graphs do not cover:
+
+            - ``None`` (torch's default): the first size compiles graphs for exactly that size;
+              the second size recompiles every part with symbolic sizes, which later sizes reuse.
+            - ``False``: a graph per part for every size; a part past dynamo's recompile limit
+              (``torch._dynamo.config.recompile_limit``, 8) runs eager for any further size.
+            - ``True``: symbolic sizes from the first call; new sizes reuse those graphs.
+
+            With symbolic sizes, each branch on a size compiles the part concerned once more
+            when a size first takes its other side: the feature pyramid pads an odd token grid,
+            and torch picks some kernels by size (a SegFormer head near 128 px input).
+
+            Sizes seen before reuse their graphs whatever the setting. To pay for one compile only,
+            create the model for one size (``create_model(..., img_size=512)``, which refuses
+            others), or pad inputs to a few sizes, or pass ``dynamic=True``.
+        compile_kwargs: passed to ``torch.compile`` (``backend``, ``mode``, ``fullgraph``, ...);
             ``backend`` is a name (``"inductor"``, ``"aot_eager"``, ...) or a callable
             ``backend(gm, example_inputs)`` that returns the function to run, as ``torch.compile``
             takes it. Regional mode gives every part the same backend object, so that one
@@ -58,8 +76,9 @@ def compile_model(model: nn.Module, mode: str = "regional", **compile_kwargs: An
                 "create it with img_size=... for one fixed size, or use mode='regional'",
                 stacklevel=2,
             )
-        _compile_whole_or_regional(model, compile_kwargs)
+        _compile_whole_or_regional(model, {**compile_kwargs, "dynamic": dynamic})
         return model
+    compile_kwargs["dynamic"] = dynamic
     for modules in regional_parts(model).values():
         for module in modules:
             module.compile(**compile_kwargs)

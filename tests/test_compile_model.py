@@ -18,7 +18,7 @@ from torch import nn
 
 import segzoo
 from segzoo.compilation import regional_parts, repeated_blocks
-from segzoo.compile_check import CompiledRuns, compile_counting
+from segzoo.compile_check import CompiledRuns, compile_counting, dynamo_counts
 
 from tests.tiny_models import TINY_EOMT, TINY_MASK2FORMER as MASK2FORMER_TINY, TINY_MIT
 
@@ -188,6 +188,50 @@ def test_compile_model_takes_a_callable_backend_and_shares_it_across_blocks(tiny
         model(torch.randn(1, 3, 32, 32))
     assert {m for m in model.modules() if m._compiled_call_impl is not None} == set(compiled)
     assert runs.as_dict() == {"model": {"modules": len(compiled), "graphs": 3, "runs": len(compiled)}}
+
+
+def _graphs_per_call(model: nn.Module, sizes: tuple[int, ...]) -> list[int]:
+    """Graphs dynamo compiled (its own process-wide counter) during an eval call at each size."""
+    compiled = []
+    for size in sizes:
+        before = dynamo_counts()["graphs"]
+        with torch.no_grad():
+            model(torch.randn(1, 3, size, size))
+        compiled.append(dynamo_counts()["graphs"] - before)
+    return compiled
+
+
+@pytest.mark.parametrize("dynamic,expected", [
+    # torch's default: graphs for exactly 64 px, then symbolic ones at the second size, 80 px; the
+    # neck branches on the token grid's parity (it pads an odd grid), so 96 px (even) compiles it once more
+    (None, [3, 3, 1, 0]),
+    (False, [3, 3, 3, 0]),  # a graph per part for every new size
+    (True, [3, 1, 0, 0]),   # symbolic from the first call; only the neck's parity branch compiles again
+], ids=["dynamic=None", "dynamic=False", "dynamic=True"])
+def test_dynamic_decides_which_new_sizes_recompile(tiny, dynamic, expected):
+    """compile_model hands ``dynamic`` to torch.compile for every part (blocks, neck, head: a graph
+    each), as dynamo's own graph counter shows; a size seen before (the last call) compiles nothing."""
+    model = _tiny_model("segformer_dinov3_base", tiny).eval()
+    assert len(regional_parts(model)) == 3
+    segzoo.compile_model(model, backend="aot_eager", dynamic=dynamic)
+    # sizes up to 96 px: from about 128 px on, a conv's size threshold in torch adds a head recompile
+    assert _graphs_per_call(model, (64, 80, 96, 64)) == expected
+
+
+def test_past_the_recompile_limit_a_new_size_runs_eager(tiny):
+    """What the docs warn about dynamic=False: once a part has compiled as many graphs as dynamo's
+    recompile limit allows, a further size runs that part eager, behind its compiled wrapper."""
+    model = _tiny_model("segformer_dinov3_base", tiny).eval()
+    compiled = [m for modules in regional_parts(model).values() for m in modules]
+    runs = CompiledRuns("aot_eager", {"model": len(compiled)})
+    with torch._dynamo.config.patch(recompile_limit=2):
+        segzoo.compile_model(model, backend=runs.backend_for("model"), dynamic=False)
+        assert _graphs_per_call(model, (64, 80)) == [3, 3]
+        runs.reset()
+        assert _graphs_per_call(model, (96,)) == [0]
+        assert runs.ran_eager() == {"model": f"0 compiled-graph runs for {len(compiled)} module calls"}
+        runs.reset()
+        assert _graphs_per_call(model, (80,)) == [0] and not runs.ran_eager()  # a size it compiled still runs compiled
 
 
 @pytest.mark.parametrize("name", ["segformer_dinov3_base", "segformer_dinov2_small", "upernet_dinov3_base",
