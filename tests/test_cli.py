@@ -40,11 +40,12 @@ def test_unknown_name_gets_close_matches(capsys):
 
 
 def test_every_command_has_help(capsys):
-    for command in (["--help"], ["list", "--help"], ["info", "--help"]):
+    for command in (["--help"], ["list", "--help"], ["info", "--help"], ["export", "--help"]):
         with pytest.raises(SystemExit) as exit_info:
             main(command)
         assert exit_info.value.code == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "--verbose" in out and "--num-classes" in out  # export's flags, as its errors name them
 
 
 def test_bench_is_a_repository_script_not_a_command(capsys):
