@@ -31,7 +31,8 @@ class _PassThrough(nn.Module):
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    set_outputs = hasattr(model, "compute_loss")  # Mask2Former, EoMT: per-query mask logits in train mode
+    # Mask2Former, EoMT: per-query mask logits in train mode (the registry says which heads predict sets)
+    set_outputs = segzoo.model_entry(model.model_name).head.set_prediction
     with torch.no_grad():
         out = model.train(set_outputs)(x)
     return out["masks_queries_logits"] if set_outputs else out
