@@ -29,7 +29,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel
 import numpy as np
+import SimpleITK as sitk
+from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
+from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
+    channel_name_to_normalization_mapping,
+)
 
 __all__ = ["StackResult", "SliceStackError", "neighbour_channel_names", "slice_axis", "stack_images",
            "stack_slices", "stack_volume"]
@@ -55,10 +63,6 @@ class StackResult:
 
 def neighbour_channel_names(channel_names: dict[str, str], neighbours: int) -> dict[str, str]:
     """dataset.json ``channel_names`` of the stacked dataset (see the module docstring)."""
-    from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
-        channel_name_to_normalization_mapping,
-    )
-
     out: dict[str, str] = {}
     for index in sorted(channel_names, key=int):
         name = channel_names[index]
@@ -205,10 +209,6 @@ def _cases_in(folder: Path, ending: str) -> dict[str, list[str]]:
 
 def _reader(dataset_json: dict, example_file: str):
     """nnU-Net's reader for the dataset; only volume readers whose writer we mirror are taken."""
-    from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-
     reader = determine_reader_writer_from_dataset_json(dataset_json, example_file, verbose=False)
     if reader not in (SimpleITKIO, NibabelIO):
         raise SliceStackError(f"nnU-Net reads these images with {reader.__name__}; stack-slices takes volumes read by "
@@ -257,15 +257,11 @@ def _compact(volume: np.ndarray) -> np.ndarray:
 def _write_image(volume: np.ndarray, properties: dict, path: str) -> None:
     """The image counterpart of the reader's ``write_seg``: the same library, the same geometry."""
     if "sitk_stuff" in properties:
-        import SimpleITK as sitk
-
         image = sitk.GetImageFromArray(volume)
         image.SetSpacing(properties["sitk_stuff"]["spacing"])
         image.SetOrigin(properties["sitk_stuff"]["origin"])
         image.SetDirection(properties["sitk_stuff"]["direction"])
         sitk.WriteImage(image, path, True)
     else:
-        import nibabel
-
         affine = properties["nibabel_stuff"]["original_affine"]
         nibabel.save(nibabel.Nifti1Image(volume.transpose((2, 1, 0)), affine=affine), path)

@@ -64,6 +64,16 @@ DEFERRED = {
     ("nnunet_bridge.deploy.onnx_predict", "PIL"): "optional",
     # plans.py belongs to another change: listed until it moves or justifies them
     ("nnunet_bridge.plans", "nnunetv2.paths"): "env",
+    ("nnunet_bridge.slices", "nnunetv2.paths"): "env",
+    ("nnunet_bridge.slices", "nnunetv2.utilities.dataset_name_id_conversion"): "env",
+    ("nnunet_bridge.slices", "nnunetv2.utilities.utils"): "env",
+    ("nnunet_bridge.cli", "nnunet_bridge.slices"): "cli-speed",
+    ("nnunet_bridge.plans", "nnunetv2.configuration"): "env",
+    ("nnunet_bridge.plans", "nnunetv2.experiment_planning.plan_and_preprocess_api"): "env",
+    ("nnunet_bridge.deploy.onnx_predict", "nibabel"): "optional",
+    ("nnunet_bridge.deploy.onnx_predict", "tifffile"): "optional",
+    ("segzoo.export", "onnx"): "optional",
+    ("segzoo.export", "onnx_ir"): "optional",
     ("nnunet_bridge.plans", "nnunetv2.utilities.dataset_name_id_conversion"): "env",
     # the zoo
     ("segzoo.export", "onnxruntime"): "optional",
