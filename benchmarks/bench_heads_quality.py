@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace, head: str, seed: int, data: tuple[torch.Ten
             model.set_mask_annealing(step / args.steps)
         pick = torch.randint(0, len(images), (args.batch,), generator=order)
         outputs = model(images[pick])
-        if hasattr(model, "compute_loss"):  # set-prediction heads train with their own loss
+        if isinstance(outputs, dict):  # set-prediction heads train with their own loss (as recorded: CE for the others)
             loss = model.compute_loss(outputs, labels[pick])
         else:
             loss = F.cross_entropy(outputs, labels[pick])

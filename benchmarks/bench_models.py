@@ -103,7 +103,7 @@ def compile_variant(module: nn.Module, mode: str, backend: str) -> None:
 def loss_of(module: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
     if isinstance(output, (list, tuple)):  # backbone alone
         return sum(o.float().mean() for o in output)
-    if hasattr(module, "compute_loss"):  # set-prediction models (Mask2Former, EoMT) train with their own loss
+    if isinstance(output, dict):  # set-prediction models (Mask2Former, EoMT) train with their own loss
         return module.compute_loss(output, target)
     return F.cross_entropy(output.float(), target)
 

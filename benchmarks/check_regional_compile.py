@@ -126,7 +126,7 @@ def _step(model: torch.nn.Module, x: torch.Tensor, mode: str, device: torch.devi
         out = model(x)
         if mode != "train":
             return
-        if hasattr(model, "compute_loss"):  # set outputs (Mask2Former, EoMT): their own loss
+        if isinstance(out, dict):  # set outputs (Mask2Former, EoMT): their own loss
             target = torch.randint(0, 3, (x.shape[0], *x.shape[-2:]), device=device)
             loss = model.compute_loss(out, target)
         else:
