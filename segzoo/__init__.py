@@ -88,7 +88,7 @@ _LAZY = {
     "load_backbone_checkpoint": "._deprecated",
     "Segmenter": ".models",
 }
-_SUBMODULES = ("backbones", "compat", "heads", "lora", "models", "necks", "optim")
+_SUBMODULES = ("backbones", "compat", "heads", "losses", "lora", "models", "necks", "optim")
 
 
 def __getattr__(name: str) -> Any:

@@ -279,6 +279,7 @@ def _model_card(config: dict[str, Any]) -> str:
         f"| input normalisation | mean {cfg.get('mean')}, std {cfg.get('std')} |",
         f"| base weights licence | {licence_line} |",
         f"| base weights source | {cfg.get('source', '')} |",
+        *([f"| input advice | {cfg['input_advice']} |"] if cfg.get("input_advice") else []),
         "",
         "The fine-tuned weights inherit the terms of the base weights' licence.",
         "",

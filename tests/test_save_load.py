@@ -123,6 +123,8 @@ def test_model_card_states_the_base_weights_licence(name, tmp_path):
     assert entry.backbone.title in card.text
     assert f"| base weights licence | {f'[{licence_name}]({link})' if link else licence} |" in card.text
     assert card.data.base_model is None  # a random-init backbone has no base model
+    advice = entry.backbone.default_weights.input_advice if entry.backbone.default_weights else None
+    assert (f"| input advice | {advice} |" in card.text) if advice else ("input advice" not in card.text)
     if entry.backbone.kind == "mit":  # NVIDIA's non-commercial terms, never the MIT licence; no ViT
         assert "license: mit\n" not in str(card) and "ViT" not in card.text and "timm" not in card.text
 
