@@ -439,16 +439,15 @@ def test_checkpoints_hold_every_key_nnunets_own_code_reads(nn_env, monkeypatch):
     assert resumed.current_epoch == saved["current_epoch"]
 
 
-def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkeypatch):
-    """Mask2Former's set-prediction loss cannot leave pixels out: say so instead of failing mid-epoch."""
-    from nnunet_bridge.config import ConfigError
+def test_mask2former_trains_on_a_dataset_with_an_ignore_label(nn_env, monkeypatch):
+    """Set heads get nnU-Net's ignore label in their loss: its pixels change nothing."""
     from nnunet_bridge.trainer import nnUNetTrainerSegZoo
 
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, nn_env["env"][key])
     config = nn_env["base"] / "mask2former.yaml"
     tiny_heads = dict(num_queries=4, decoder_layers=2, encoder_layers=1, num_attention_heads=2,
-                      dim_feedforward=32, encoder_feedforward_dim=32)
+                      dim_feedforward=32, encoder_feedforward_dim=32, train_num_points=256)
     model = {**TINY_CONFIG["model"], "name": "mask2former_dinov3_small",
              "kwargs": {**TINY_CONFIG["model"]["kwargs"], **tiny_heads}}
     config.write_text(yaml.safe_dump({**TINY_CONFIG, "model": model}))
@@ -457,8 +456,24 @@ def test_mask2former_on_a_dataset_with_an_ignore_label_is_refused(nn_env, monkey
     dataset_json["labels"] = {**dataset_json["labels"], "ignore": 3}
     trainer = nnUNetTrainerSegZoo(dict(_plans(nn_env, RGB_ID), continue_training=False),
                                   "2d_mask2former_dinov3_small", 0, dataset_json, device=torch.device("cpu"))
-    with pytest.raises(ConfigError, match="cannot leave out the dataset's ignore label.*segformer_"):
-        trainer.initialize()
+    trainer.initialize()
+    network = trainer.network.train()
+    x = torch.randn(2, 3, 64, 64)
+    target = torch.zeros(2, 1, 64, 64)
+    target[:, :, 10:30, 5:25] = 1
+    target[:, :, :, 32:] = 3  # the ignore label
+    outputs = network(x)
+    changed = dict(outputs, masks_queries_logits=outputs["masks_queries_logits"].clone())
+    changed["masks_queries_logits"][..., 10:] += 20.0  # mask logits that reach ignored pixels only
+    changed["auxiliary_outputs"] = [dict(o, masks_queries_logits=o["masks_queries_logits"].clone())
+                                    for o in outputs["auxiliary_outputs"]]
+    for o in changed["auxiliary_outputs"]:
+        o["masks_queries_logits"][..., 10:] += 20.0
+    torch.manual_seed(0)
+    loss = trainer.loss(outputs, target)
+    torch.manual_seed(0)
+    assert torch.isfinite(loss) and trainer.loss(changed, target).item() == loss.item()
+    loss.backward()
 
 
 def test_dpt_plans_trains_and_predicts_through_nnunets_own_predictor(nn_env, monkeypatch, tmp_path):
