@@ -49,11 +49,13 @@ def compile_model(model: nn.Module, mode: str = "regional", *, dynamic: bool | N
 
             With symbolic sizes, each branch on a size compiles the part concerned once more
             when a size first takes its other side: the feature pyramid pads an odd token grid,
-            and torch picks some kernels by size (a SegFormer head near 128 px input).
+            and torch lays out a small convolution's output differently (a ViT-S's neck
+            recompiled at 96 and 128 px, then served every size from 160 px up).
 
             Sizes seen before reuse their graphs whatever the setting. To pay for one compile only,
             create the model for one size (``create_model(..., img_size=512)``, which refuses
-            others), or pad inputs to a few sizes, or pass ``dynamic=True``.
+            others), or pad inputs to a few sizes, or pass ``dynamic=True``. Measured costs
+            (first call, each new size): ``docs/compile.md``, from ``benchmarks/compile_cost.py``.
         compile_kwargs: passed to ``torch.compile`` (``backend``, ``mode``, ``fullgraph``, ...);
             ``backend`` is a name (``"inductor"``, ``"aot_eager"``, ...) or a callable
             ``backend(gm, example_inputs)`` that returns the function to run, as ``torch.compile``
