@@ -211,6 +211,36 @@ def test_compare_reports_the_numbers_of_the_summary_files(runs, tmp_path):
     assert figure.size[0] > 800 and figure.size[1] > 600
 
 
+LEGEND_SCRIPT = """
+import json
+import numpy as np
+from nnunet_bridge.report.compare import gather
+from nnunet_bridge.report.compare_plot import comparison_figure
+figure = comparison_figure(gather({ct}, [{zoo!r}, "2d"], folds=[0]))
+case_row = figure.subfigs[1]
+legend, = case_row.legends
+truth = case_row.axes[1].images[0].get_array().reshape(-1, 3)
+print(json.dumps({{"title": legend.get_title().get_text(), "texts": [t.get_text() for t in legend.get_texts()],
+                  "colours": [list(h.get_facecolor()[:3]) for h in legend.legend_handles],
+                  "truth_panel": case_row.axes[1].get_title(),
+                  "truth_colours": np.unique(truth, axis=0).tolist()}}))
+"""
+
+
+def test_compare_figure_has_a_legend_for_the_label_colours(runs):
+    """The case row's legend names every label value in the colour its truth and prediction panels use."""
+    out = run([sys.executable, "-c", LEGEND_SCRIPT.format(ct=CT_ID, zoo=ZOO)], runs["env"])
+    drawn = json.loads(out.strip().splitlines()[-1])
+    labels = json.loads((Path(runs["env"]["nnUNet_raw"]) / CT_NAME / "dataset.json").read_text())["labels"]
+    assert drawn["texts"] == [f"{value}: {name}" for name, value in sorted(labels.items(), key=lambda i: i[1])]
+    assert drawn["texts"][1:] == ["1: liver", "2: kidney"] and "label colours" in drawn["title"]
+    assert drawn["truth_panel"] == "truth"
+    # each colour in the truth panel is one of the legend's, and every label in the truth has its own
+    legend_colours = [tuple(np.round(c, 6)) for c in drawn["colours"]]
+    truth_colours = {tuple(np.round(c, 6)) for c in drawn["truth_colours"]}
+    assert len(set(legend_colours)) == len(legend_colours) and truth_colours == set(legend_colours)
+
+
 def test_compare_names_missing_unfinished_and_unvalidated_folds(runs, tmp_path, monkeypatch):
     """On-disk states of real runs: fold 1 a copy of fold 0 mid-training (no final checkpoint,
     no validation), fold 2 trained but never validated, fold 3 never started."""

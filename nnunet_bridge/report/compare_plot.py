@@ -4,7 +4,8 @@ Top left, every configuration's foreground-mean Dice on each fold, a fold's poin
 across configurations (the comparison is paired); top right, Dice per class as bars (mean
 over folds, sd as whiskers); below, one validation case: image, truth and each
 configuration's prediction, read from the folds' ``validation/`` outputs (the slice with the
-most foreground for volumes).
+most foreground for volumes), each label value in one colour, which a legend names with the
+dataset's label names.
 """
 
 from __future__ import annotations
@@ -17,17 +18,28 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
 from nnunetv2.paths import nnUNet_preprocessed
 
 from .compare import FOREGROUND, CompareError, Comparison, RunResult
 
-__all__ = ["write_comparison_figure", "validation_case"]
+__all__ = ["comparison_figure", "write_comparison_figure", "validation_case"]
 
 
 def write_comparison_figure(comparison: Comparison, path: str | Path, case: str | None = None) -> Path:
     """Draw the figure to ``path`` (PNG) and return the path."""
     matplotlib.use("Agg")  # files only; no display needed
+    with plt.style.context("default"):
+        figure = comparison_figure(comparison, case)
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+    return Path(path)
+
+
+def comparison_figure(comparison: Comparison, case: str | None = None) -> Figure:
+    """The figure :func:`write_comparison_figure` saves (close it with ``plt.close`` when done)."""
     picked = validation_case(comparison, case)
     columns = 2 + len(comparison.runs)
     # matplotlib's defaults, whatever style the process set (nnU-Net's progress plot sets seaborn's)
@@ -40,9 +52,7 @@ def write_comparison_figure(comparison: Comparison, path: str | Path, case: str 
         _per_class(right, comparison)
         if picked:
             _case_row(rows[1], comparison, *picked)
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-    return Path(path)
+    return figure
 
 
 def validation_case(comparison: Comparison, case: str | None = None) -> tuple[int, str] | None:
@@ -111,7 +121,8 @@ def _case_row(subfigure, comparison: Comparison, fold: int, case: str) -> None:
         prediction = reader.read_seg(str(run.folder / f"fold_{fold}" / "validation" / f"{case}{ending}"))[0][0]
         panels.append((f"{run.label}\n{_case_dice(run, fold, case)}", prediction[index], "label"))
     axes = subfigure.subplots(1, len(panels))
-    colours = _label_colours(max(int(truth.max()), 1))
+    names = _label_names(run0, max(int(truth.max()), 1))
+    colours = _label_colours(max(names))
     for ax, (title, data, kind) in zip(axes, panels):
         ax.set_axis_off()
         ax.set_title(title, fontsize=8)
@@ -123,6 +134,11 @@ def _case_row(subfigure, comparison: Comparison, fold: int, case: str) -> None:
             ax.imshow(colours[np.clip(data, 0, len(colours) - 1).astype(int)], interpolation="nearest")
     where = f", slice {index}" if truth.shape[0] > 1 else ""
     subfigure.suptitle(f"validation case {case} (fold {fold}{where})", fontsize=9)
+    # what each colour of the truth and prediction panels means
+    handles = [Patch(facecolor=colours[value], edgecolor="0.5", label=f"{value}: {name}")
+               for value, name in sorted(names.items())]
+    subfigure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=8,
+                     title="label colours (truth and predictions)", title_fontsize=8, frameon=False)
 
 
 # -- reading ---------------------------------------------------------------------------
@@ -178,6 +194,14 @@ def _raw_image(comparison: Comparison, run: RunResult, reader, case: str, ending
         return None
     data = reader.read_images([str(f) for f in files])[0]
     return np.moveaxis(data, 0, -1) if data.shape[0] == 3 else data[0]
+
+
+def _label_names(run: RunResult, highest: int) -> dict[int, str]:
+    """Label value -> name from the dataset's ``labels`` (``ignore`` marked as not scored); values up
+    to ``highest`` that it does not name (or names as regions) get ``label N``."""
+    names = {value: ("ignore (not scored)" if name == "ignore" else name)
+             for name, value in _dataset_json(run).get("labels", {}).items() if isinstance(value, int)}
+    return {value: names.get(value, f"label {value}") for value in range(max([highest, *names]) + 1)}
 
 
 def _label_colours(num_classes: int) -> np.ndarray:
