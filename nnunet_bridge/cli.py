@@ -216,7 +216,7 @@ def _cmd_export(args: argparse.Namespace, _rest: list[str]) -> int:
     fold = args.fold if args.fold == "all" else int(args.fold)
     onnx_file, facts = export_fold(args.dataset, args.configuration, fold, args.output, trainer=args.tr,
                                    plans_identifier=args.p, checkpoint=args.chk,
-                                   trust_checkpoint=args.trust_checkpoint)
+                                   trust_checkpoint=args.trust_checkpoint, verbose=args.verbose)
     print(f"wrote {onnx_file} (checked against the PyTorch network with ONNX Runtime) and {facts}")
     return 0
 
@@ -284,8 +284,11 @@ def _cmd_env(_args: argparse.Namespace, _rest: list[str]) -> int:
 def _cmd_demo(args: argparse.Namespace, _rest: list[str]) -> int:
     from .demo.pipeline import run_demo
 
+    if args.model and not args.pretrained:
+        raise ValueError("--model names the pretrained model to fine-tune: add --pretrained (without it the demo "
+                         "trains a small ViT from scratch)")
     run_demo(out=args.out, epochs=args.epochs, iterations=args.iterations, num_train=args.cases,
-             size=args.size, device=args.device, seed=args.seed)
+             size=args.size, device=args.device, seed=args.seed, pretrained=args.pretrained, model=args.model)
     return 0
 
 
@@ -353,7 +356,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", allow_abbrev=False, help="a trained fold as ONNX (network + its input normalisation) "
                                                           "and a JSON of what a deployer needs",
-                       description="Writes OUTPUT (ONNX, checked against PyTorch with ONNX Runtime) and OUTPUT.json "
+                       description="Writes OUTPUT (one self-contained ONNX file, checked against PyTorch with ONNX "
+                                   "Runtime; OUTPUT.data beside it only above ONNX's 2 GB limit) and OUTPUT.json "
                                    "(patch size, spacing, channels and their normalisation, labels).")
     x.add_argument("-d", dest="dataset", required=True, help="dataset id or name")
     x.add_argument("-c", dest="configuration", required=True, help="zoo configuration, e.g. 2d_segformer_dinov3_large")
@@ -363,6 +367,7 @@ def _build_parser() -> argparse.ArgumentParser:
     x.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     x.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file (default checkpoint_final.pth)")
     x.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    x.add_argument("--verbose", action="store_true", help="show the exporter's own notes and warnings")
     x.set_defaults(handler=_cmd_export)
 
     c = sub.add_parser("compare", allow_abbrev=False,
@@ -410,14 +415,24 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", allow_abbrev=False, help="synthetic fundus dataset -> plan -> train a zoo model and nnU-Net's "
                                                              "U-Net briefly -> predict -> Dice, PNG, comparison",
-                       description="Needs no data and no downloads; a tiny model trains on the CPU in minutes.")
+                       description="Needs no data. By default nothing is downloaded: a small ViT trains from random "
+                                   "weights on the CPU in minutes (it shows the pipeline, not what pretraining brings). "
+                                   "--pretrained downloads a backbone's published weights and fine-tunes them the "
+                                   "same way.")
     d.add_argument("--out", default="./demo_output", help="output folder (default ./demo_output)")
-    d.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
+    d.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
     d.add_argument("--iterations", type=int, default=25, help="iterations per epoch (default 25)")
     d.add_argument("--cases", type=int, default=24, help="training cases (default 24; 6 more are held out)")
-    d.add_argument("--size", type=int, default=128, help="image size in pixels (default 128)")
+    d.add_argument("--size", type=int, default=None,
+                   help="image size in pixels (default 128; 256 with --pretrained, for the published ViTs' 16-pixel "
+                        "patches)")
     d.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     d.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    d.add_argument("--pretrained", action="store_true",
+                   help="fine-tune a backbone's published weights (downloaded from the Hugging Face Hub) instead of "
+                        "training a small ViT from scratch")
+    d.add_argument("--model", default=None, help="with --pretrained: the zoo model to fine-tune, optionally "
+                                                 "name.tag (default segformer_dinov3_small; `segzoo list --pretrained`)")
     d.set_defaults(handler=_cmd_demo)
     return parser
 
