@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -34,9 +35,13 @@ from tests.tiny_models import TINY_VIT, TINY_WIDTH  # noqa: E402
 # a module that imports the bridge or nnU-Net at its top is not collected, and a test in an
 # nnU-Net xdist group (the groups that share prepared nnU-Net folders) is skipped.
 TESTS = Path(__file__).resolve().parent
-# ... and the bridge's tests in modules that mostly test the zoo
+# ... and the bridge's tests in modules that mostly test the zoo: listed, and every docs page
+# whose examples import the bridge or nnU-Net (the deployment predictor needs neither nnunetv2 nor torch)
+_BRIDGE_IMPORT = re.compile(r"^\s*(from|import)\s+(nnunetv2|nnunet_bridge(?!\.deploy))\b", re.M)
 BRIDGE_TESTS = (
-    "tests/test_docs.py::test_doc_examples_run_and_print_what_they_say[nnunet.md]",
+    "tests/test_export.py::test_bridge_export_prints_every_file_it_writes_and_they_run_elsewhere",
+    *(f"tests/test_docs.py::test_doc_examples_run_and_print_what_they_say[{page.name}]"
+      for page in sorted((TESTS.parent / "docs").glob("*.md")) if _BRIDGE_IMPORT.search(page.read_text())),
 )
 
 
