@@ -89,6 +89,7 @@ def test_plan_adds_an_inheriting_zoo_configuration(nn_env):
 
 def test_train_validate_predict_and_refuse_a_replan(nn_env):
     env, train_env = nn_env["env"], nn_env["train_env"]
+    _ensure_planned(nn_env)  # the plan test may have run on another worker
     bridge(["train", str(RGB_ID), CONFIG_NAME, "0", "-device", "cpu"], train_env)
     fold = _fold_dir(nn_env, RGB_ID, 0)
     summary = json.loads((fold / "validation" / "summary.json").read_text())
